@@ -1,0 +1,5 @@
+"""``python -m aica_backup``."""
+
+from .cli import main
+
+main()

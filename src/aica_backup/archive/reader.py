@@ -1,0 +1,218 @@
+"""Read an archive as hostile input: one streaming pass, allow-list of member types, caps.
+
+Only regular files and folders with safe relative names are accepted; links, devices, FIFOs,
+sparse files, absolute paths and ``..`` are refused outright. Header blocks (pax, GNU long
+names) are capped before ``tarfile`` reads them into memory, and the member count and the
+bytes written are capped against decompression bombs. The stream is read to its very end so
+that the compressor's own checksum is verified too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..errors import AicaBackupError, ArchiveError
+from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest, safe_member_path
+
+BUFFER = 1 << 20
+MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is an attack
+_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _SafeTarInfo(tarfile.TarInfo):
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        # tarfile reads a header member's whole payload into memory: refuse huge ones first.
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise ArchiveError(f"oversized tar header block ({self.size} bytes)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps against hostile archives. ``max_bytes`` is the total of all member sizes."""
+
+    max_members: int = 2_000_000
+    max_bytes: int = 1 << 42
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    type: str  # "file" or "dir"
+    size: int
+    mode: int
+    mtime: float
+
+
+@dataclass
+class ScanResult:
+    manifest: Manifest
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, size)
+    dirs: set[str] = field(default_factory=set)
+    total_bytes: int = 0
+
+
+# Called for each file: return a writable sink for its bytes, or None to only hash it.
+OpenSink = Callable[[Entry], IO[bytes] | None]
+OnEntry = Callable[[Entry], None]
+_DECODE_ERRORS = (tarfile.TarError, EOFError, zlib.error, ValueError)
+
+
+def _entry(info: tarfile.TarInfo) -> Entry:
+    path = safe_member_path(info.name)
+    if path is None:
+        raise ArchiveError(f"unsafe member name {info.name!r}", member=info.name)
+    if info.sparse is not None or info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+        kind = {
+            tarfile.SYMTYPE: "symbolic link",
+            tarfile.LNKTYPE: "hard link",
+            tarfile.CHRTYPE: "character device",
+            tarfile.BLKTYPE: "block device",
+            tarfile.FIFOTYPE: "FIFO",
+        }.get(info.type, "unsupported member type")
+        if info.sparse is not None:
+            kind = "sparse file"
+        raise ArchiveError(f"refusing {kind} {info.name!r}", member=path)
+    kind = "dir" if info.isdir() else "file"
+    return Entry(path, kind, info.size if kind == "file" else 0, info.mode & 0o7777, float(info.mtime))
+
+
+def _copy(src: IO[bytes], size: int, sink: IO[bytes] | None, on_bytes: Callable[[int], None]) -> str:
+    sha = hashlib.sha256()
+    left = size
+    while left > 0:
+        chunk = src.read(min(BUFFER, left))
+        if not chunk:
+            raise ArchiveError("archive is truncated")
+        sha.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        left -= len(chunk)
+        on_bytes(len(chunk))
+    return sha.hexdigest()
+
+
+def scan_archive(
+    stream: IO[bytes],
+    *,
+    limits: Limits = Limits(),  # noqa: B008 - frozen dataclass, safe as a default
+    open_sink: OpenSink | None = None,
+    on_dir: OnEntry | None = None,
+    on_file_done: OnEntry | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Read a decompressed tar stream to its end; hash every file; return what it held.
+
+    Raises ArchiveError (naming the member where possible) for anything unsafe or damaged.
+    Errors raised by the callbacks (e.g. a full disk while writing a sink) pass through.
+    """
+    on_bytes = progress or (lambda _n: None)
+    files: dict[str, tuple[str, int]] = {}
+    dirs: set[str] = set()
+    manifest_bytes: bytes | None = None
+    total = 0
+    count = 0
+    try:
+        with tarfile.open(
+            fileobj=stream, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo
+        ) as tar:
+            for info in tar:
+                count += 1
+                if count > limits.max_members:
+                    raise ArchiveError(f"more than {limits.max_members} members: refusing")
+                if manifest_bytes is not None:
+                    raise ArchiveError(f"member {info.name!r} follows the manifest", member=info.name)
+                entry = _entry(info)
+                if entry.path in files or entry.path in dirs:
+                    raise ArchiveError(f"member {entry.path!r} appears twice", member=entry.path)
+                if entry.type == "dir":
+                    dirs.add(entry.path)
+                    if on_dir is not None:
+                        on_dir(entry)
+                    continue
+                total += entry.size
+                if total > limits.max_bytes:
+                    raise ArchiveError(
+                        f"archive expands beyond {limits.max_bytes} bytes (at {entry.path!r}): "
+                        "refusing as a possible decompression bomb",
+                        member=entry.path,
+                    )
+                src = tar.extractfile(info)
+                assert src is not None  # regular file
+                if entry.path == MANIFEST_NAME:
+                    if entry.size > MAX_MANIFEST_BYTES:
+                        raise ArchiveError("manifest.json is implausibly large", member=MANIFEST_NAME)
+                    manifest_bytes = src.read(entry.size)
+                    if len(manifest_bytes) != entry.size:
+                        raise ArchiveError("archive is truncated")
+                    continue
+                sink = open_sink(entry) if open_sink is not None else None
+                try:
+                    files[entry.path] = (_copy(src, entry.size, sink, on_bytes), entry.size)
+                finally:
+                    if sink is not None:
+                        sink.close()
+                if on_file_done is not None:
+                    on_file_done(entry)
+        _drain(stream)
+    except AicaBackupError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ArchiveError(f"archive is damaged or truncated: {exc}") from None
+    except OSError as exc:
+        if exc.filename is None and exc.errno is None:  # BadGzipFile and friends
+            raise ArchiveError(f"archive is damaged: {exc}") from None
+        raise
+    if manifest_bytes is None:
+        raise ArchiveError("archive has no manifest.json (not made by aica-backup, or truncated)")
+    return ScanResult(parse_manifest(manifest_bytes), files, dirs, total)
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Read past the tar end marker to EOF: only zero padding may follow, and the
+    decompressor checks its CRC/length trailer as it reaches the end."""
+    while chunk := stream.read(BUFFER):
+        if chunk.count(0) != len(chunk):
+            raise ArchiveError("unexpected data after the end of the tar archive")
+
+
+def compare_with_manifest(result: ScanResult) -> list[tuple[str, str]]:
+    """Every (member, problem) where the archive's content and its manifest disagree."""
+    problems: list[tuple[str, str]] = []
+    named: set[str] = set()
+    for m in result.manifest.members:
+        named.add(m.path)
+        if m.type == "dir":
+            if m.path not in result.dirs:
+                problems.append((m.path, "folder listed in the manifest is missing"))
+            continue
+        got = result.files.get(m.path)
+        if got is None:
+            problems.append((m.path, "file listed in the manifest is missing from the archive"))
+        elif got[1] != m.size:
+            problems.append((m.path, f"size {got[1]} differs from the manifest's {m.size}"))
+        elif got[0] != m.sha256:
+            problems.append((m.path, "SHA-256 mismatch: content differs from the manifest"))
+    for path in sorted((set(result.files) | result.dirs) - named):
+        problems.append((path, "member is not listed in the manifest"))
+    return problems
+
+
+def check_against_manifest(result: ScanResult) -> None:
+    """Raise ArchiveError naming the first member that disagrees with the manifest."""
+    problems = compare_with_manifest(result)
+    if problems:
+        member, why = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ArchiveError(f"{member}: {why}{more}", member=member)

@@ -1,0 +1,283 @@
+"""Make one archive of the app: snapshot, check, stream, publish atomically (DESIGN "Backup" 2–5).
+
+The caller holds the lock (:mod:`aica_backup.lock`). Order of work, chosen for speed and safety:
+
+1. the database is copied through SQLite's backup API into a temp snapshot beside the archives;
+2. the snapshot's integrity check starts in a thread (sqlite releases the GIL) while
+3. the snapshot, the uploads and the config stream into tar → gzip (threaded) → temp file, every
+   member hashed as it passes; the database goes first so a restore can check it early;
+4. the manifest, holding every checksum and the check's result, is the last member;
+5. the temp file is fsynced and renamed to its final name, and the folder fsynced.
+
+A crash at any point leaves only a ``.tmp-*`` file, removed by the next run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__
+from .archive import ArchiveWriter
+from .catalog import Catalog, new_name
+from .codec import HashingWriter, archive_suffix, compressing_writer
+from .crypto import encrypting_writer
+from .errors import AicaBackupError, DatabaseError, StorageError
+from .fsutil import PRIVATE_FILE, TMP_PREFIX, ensure_private_dir, fsync_dir, storage_error
+from .layout import Component, Layout
+from .manifest import MANIFEST_NAME, ComponentInfo, Manifest
+from .snapshot import CheckMode, DatabaseInfo, inspect_snapshot, take_snapshot
+
+# progress(bytes_done, bytes_total, phase)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    check: CheckMode = "integrity"
+    compression: str = "gzip"
+    level: int = 1
+    threads: int = 0  # 0: all cores
+    recipients: Sequence[Any] = ()  # age recipients: encrypt the archive itself
+
+
+@dataclass
+class BackupResult:
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    manifest: Manifest
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.manifest.warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "archive": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "warnings": self.warnings,
+            **self.manifest.summary(),
+        }
+
+
+@dataclass
+class _Source:
+    arcname: str
+    path: Path
+    component: Component
+    is_dir: bool
+    st: os.stat_result
+
+
+def _walk_uploads(layout: Layout) -> list[_Source]:
+    """Every folder and regular file under uploads, sorted, folders before their contents."""
+    top = layout.uploads_path
+    base = layout.uploads
+    out: list[_Source] = [_Source(base, top, Component.UPLOADS, True, top.stat())]
+
+    def walk(folder: Path, arc: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise storage_error(f"cannot read uploads folder {folder}", exc) from exc
+        for e in entries:
+            child_arc = f"{arc}/{e.name}"
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                out.append(_Source(child_arc, Path(e.path), Component.UPLOADS, True, st))
+                walk(Path(e.path), child_arc)
+            else:  # links and special files are reported by the writer and skipped
+                out.append(_Source(child_arc, Path(e.path), Component.UPLOADS, False, st))
+
+    walk(top, base)
+    return out
+
+
+def _present(path: Path, *, want_dir: bool) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise storage_error(f"cannot access {path}", exc) from exc
+    return stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+
+
+@contextlib.contextmanager
+def _output(
+    tmp: Path, options: BackupOptions
+) -> Iterator[tuple[IO[bytes], HashingWriter]]:
+    """temp file ← sha256 ← [age] ← compressor: yield (stream to write tar into, hasher)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
+        hasher = HashingWriter(raw)
+        with contextlib.ExitStack() as stack:
+            sink: IO[bytes] = hasher  # type: ignore[assignment]
+            if options.recipients:
+                sink = stack.enter_context(encrypting_writer(sink, options.recipients))
+            stream = stack.enter_context(
+                compressing_writer(sink, options.compression, options.level, options.threads)
+            )
+            yield stream, hasher
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def create_archive(
+    layout: Layout,
+    options: BackupOptions = BackupOptions(),  # noqa: B008 - frozen dataclass
+    *,
+    kind: str = "backup",
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Write one complete archive of ``layout`` into its backups folder and index it."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    backups = ensure_private_dir(layout.backups_dir)
+    meta = ensure_private_dir(layout.meta_dir)
+    catalog = Catalog(backups)
+    catalog.clean_leftovers()
+    timings: dict[str, float] = {}
+
+    db_present = _present(layout.database_path, want_dir=False)
+    if not db_present and not layout.database_optional:
+        raise DatabaseError(
+            f"database not found: {layout.database_path}",
+            hint="check paths.database, or set backup.database_optional = true",
+        )
+    uploads = _walk_uploads(layout) if _present(layout.uploads_path, want_dir=True) else []
+    config_present = _present(layout.config_path, want_dir=False)
+
+    name = new_name(backups, kind, now, archive_suffix(options.compression, bool(options.recipients)))
+    tmp = backups / f"{TMP_PREFIX}{name}"
+    snap = meta / f"{TMP_PREFIX}snapshot-{os.getpid()}.db"
+    try:
+        db_info: DatabaseInfo | None = None
+        total = sum(s.st.st_size for s in uploads if not s.is_dir)
+        if config_present:
+            total += layout.config_path.stat().st_size
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="check") as pool:
+            check: concurrent.futures.Future[DatabaseInfo] | None = None
+            if db_present:
+                t0 = time.perf_counter()
+                snap.unlink(missing_ok=True)
+                journal_mode = _snapshot(layout.database_path, snap)
+                timings["snapshot"] = time.perf_counter() - t0
+                total += snap.stat().st_size
+                check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
+            done = 0
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total, "archiving")
+
+            t0 = time.perf_counter()
+            with _output(tmp, options) as (stream, hasher):
+                writer = ArchiveWriter(stream, advance)
+                if db_present:
+                    db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
+                    writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)
+                for s in uploads:
+                    if s.is_dir:
+                        writer.add_dir(s.arcname, s.st, s.component)
+                    else:
+                        writer.add_file(s.arcname, s.path, s.component)
+                if config_present:
+                    writer.add_file(layout.config, layout.config_path, Component.CONFIG)
+                if check is not None:
+                    db_info = check.result()
+                    timings["check"] = db_info.check_seconds
+                    if db_info.integrity not in ("ok", "skipped"):
+                        raise DatabaseError(
+                            f"database failed {db_info.check}: {db_info.integrity}",
+                            hint="the live database is damaged: restore the newest good backup",
+                        )
+                manifest = _manifest(layout, options, now, writer, db_info, uploads, config_present)
+                writer.add_bytes(MANIFEST_NAME, manifest.to_json(), 0o600, now.timestamp())
+                writer.close()
+            timings["archive"] = time.perf_counter() - t0
+        final = backups / name
+        os.rename(tmp, final)  # unique name chosen under the lock: nothing is overwritten
+        fsync_dir(backups)
+    except AicaBackupError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(f"backup to {backups} failed", exc) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        snap.unlink(missing_ok=True)
+    size = final.stat().st_size
+    sha = hasher.sha.hexdigest()
+    if hasher.size != size:  # the file must hold exactly what we hashed
+        final.unlink()
+        raise StorageError(f"archive {name} is {size} bytes on disk, {hasher.size} were written")
+    catalog.record_new(name, size, sha, manifest.summary(), origin=kind)
+    return BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
+
+
+def _snapshot(source: Path, dest: Path) -> str:
+    try:
+        return take_snapshot(source, dest)
+    except DatabaseError:
+        dest.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        raise storage_error("cannot write the database snapshot", exc) from exc
+
+
+def _manifest(
+    layout: Layout,
+    options: BackupOptions,
+    now: datetime,
+    writer: ArchiveWriter,
+    db_info: DatabaseInfo | None,
+    uploads: list[_Source],
+    config_present: bool,
+) -> Manifest:
+    files = [m for m in writer.members if m.component is Component.UPLOADS and m.type == "file"]
+    components = {
+        Component.DATABASE: ComponentInfo(
+            layout.database, db_info is not None, db_info.to_dict() if db_info else {}
+        ),
+        Component.UPLOADS: ComponentInfo(
+            layout.uploads,
+            bool(uploads),
+            {"file_count": len(files), "total_bytes": sum(m.size for m in files)},
+        ),
+        Component.CONFIG: ComponentInfo(layout.config, config_present),
+    }
+    return Manifest(
+        tool_version=__version__,
+        created_at=now,
+        host=socket.gethostname(),
+        app_root=str(layout.root.resolve()),
+        app_name=layout.app_name,
+        compression=options.compression,
+        components=components,
+        members=writer.members,
+        warnings=writer.warnings,
+    )

@@ -1,0 +1,137 @@
+"""The ``aica-backup`` command. One module per command; this one wires them and maps errors.
+
+The library raises :class:`~aica_backup.errors.AicaBackupError`; only :func:`main` turns an
+error into one line on stderr and the exit code its class carries.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from .. import __version__
+from ..errors import AicaBackupError, ExitCode
+from . import (
+    backup,
+    demo,
+    doctor,
+    keygen,
+    listing,
+    offsite,
+    pin,
+    prune,
+    recover,
+    restore,
+    schedule,
+    verify,
+)
+from .common import Globals, emit_json, err
+
+app = typer.Typer(
+    name="aica-backup",
+    help="Backup and recovery for the AICA-SyS app: database, uploads and config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"aica-backup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root",
+            "-C",
+            envvar="AICA_BACKUP_ROOT",
+            help="Application root (holds backend/, public/uploads/, .env.production).",
+            file_okay=False,
+        ),
+    ] = Path(),
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-file",
+            envvar="AICA_BACKUP_CONFIG_FILE",
+            help="Configuration file (default: aica-backup.toml in the app root).",
+            dir_okay=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Backup and recovery for the AICA-SyS app: database, uploads and config."""
+    ctx.obj = Globals(root=root.absolute(), config_file=config_file)
+    if ctx.invoked_subcommand not in (None, "recover", "demo", "keygen"):
+        recover.finish_interrupted_restore(ctx)
+
+
+for module in (
+    backup,
+    listing,
+    prune,
+    pin,
+    restore,
+    recover,
+    verify,
+    doctor,
+    offsite,
+    keygen,
+    schedule,
+    demo,
+):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; never returns."""
+    json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        rv = app(args=argv, prog_name="aica-backup", standalone_mode=False)
+    except AicaBackupError as exc:
+        _report(exc, json_mode)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Abort:
+        err.print("aica-backup: interrupted", markup=False)
+        sys.exit(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        err.print("aica-backup: interrupted", markup=False)
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _report(exc: AicaBackupError, json_mode: bool) -> None:
+    if json_mode:
+        emit_json(
+            {
+                "ok": False,
+                "error": exc.message,
+                "hint": exc.hint,
+                "exit_code": int(exc.exit_code),
+                "kind": type(exc).__name__,
+            }
+        )
+    hint = f" ({exc.hint})" if exc.hint else ""
+    err.print(f"aica-backup: error: {exc.message}{hint}", markup=False)
+    if os.environ.get("AICA_BACKUP_DEBUG"):
+        raise exc

@@ -1,0 +1,178 @@
+"""``aica-backup backup``: one archive, then verify, retention, offsite copies, report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from ..backup import BackupOptions, BackupResult, create_archive
+from ..catalog import Catalog, prune
+from ..config import Settings
+from ..errors import AicaBackupError, ExitCode
+from ..lock import exclusive_lock
+from . import reporting
+from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings, warn
+
+
+def backup_options(s: Settings) -> BackupOptions:
+    """The library's options from the settings (recipients only when every archive is encrypted)."""
+    recipients: list[Any] = []
+    if s.encryption.recipients and s.encryption.encrypt == "all":
+        from ..crypto import parse_recipients
+
+        recipients = parse_recipients(s.encryption.recipients)
+    return BackupOptions(
+        check=s.backup.check,
+        compression=s.backup.compression,
+        level=s.backup.effective_level,
+        threads=s.backup.threads,
+        recipients=recipients,
+    )
+
+
+def summary_line(result: BackupResult) -> str:
+    m = result.manifest.summary()
+    parts = [human_size(result.size)]
+    db = m.get("database") or {}
+    if db.get("present"):
+        parts.append(f"database integrity {db.get('integrity')}")
+    else:
+        parts.append("no database")
+    up = m.get("uploads") or {}
+    if up.get("present"):
+        parts.append(f"{up.get('file_count', 0):,} uploads ({human_size(up.get('total_bytes', 0))})")
+    else:
+        parts.append("no uploads")
+    parts.append("config" if m.get("config_present") else "no config")
+    parts.append(f"{result.seconds:.1f} s")
+    return f"Backup created: {result.path} ({'; '.join(parts)})"
+
+
+def run_backup_job(
+    s: Settings,
+    *,
+    verify: bool,
+    apply_retention: bool,
+    offsite: bool,
+    wait: float,
+    show_progress: bool,
+) -> tuple[BackupResult, dict[str, Any], ExitCode]:
+    """The whole scheduled job under the lock. Returns (result, report, exit code)."""
+    layout = s.layout()
+    report: dict[str, Any] = {"ok": True}
+    code = ExitCode.OK
+    with exclusive_lock(layout.meta_dir, "backup", wait) as notes:
+        report["notes"] = notes
+        with progress_bar("backup", show_progress) as update:
+            result = create_archive(layout, backup_options(s), progress=update)
+        report.update(result.to_dict())
+        if verify or s.backup.verify:
+            from .verify import verify_and_record
+
+            outcome = verify_and_record(s, result.name)
+            report["verification"] = outcome
+            if not outcome["ok"]:
+                raise AicaBackupError(
+                    f"archive {result.name} failed verification right after backup: "
+                    f"{outcome['problems'][0]}"
+                )
+        if apply_retention:
+            decision = prune(Catalog(layout.backups_dir), s.retention.policy(), datetime.now(UTC))
+            report["pruned"] = [c.name for c in decision.remove]
+        if offsite and s.offsite.targets:
+            from .offsite import push_after_backup
+
+            copies = push_after_backup(s, result)
+            report["offsite"] = copies
+            if any(not c["ok"] for c in copies):
+                code = ExitCode.WARNING
+                report["ok"] = False
+    return result, report, code
+
+
+def command(
+    ctx: typer.Context,
+    json_out: bool = JSON_OPTION,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Read the new archive back and check it fully.")
+    ] = False,
+    no_prune: Annotated[
+        bool, typer.Option("--no-prune", help="Skip retention this time.")
+    ] = False,
+    no_offsite: Annotated[
+        bool, typer.Option("--no-offsite", help="Skip the offsite copies this time.")
+    ] = False,
+    check: Annotated[
+        str | None,
+        typer.Option(help="Snapshot check: integrity, quick or none (default: integrity)."),
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="gzip (.tar.gz, default) or zstd (.tar.zst).")
+    ] = None,
+    level: Annotated[int | None, typer.Option(help="Compression level.")] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for a running backup or restore (default: fail at once)."),
+    ] = None,
+) -> int:
+    """Back up the database, uploads and config into backups/backup_YYYYMMDD_HHMMSS.tar.gz."""
+    s = settings(
+        ctx,
+        {
+            ("backup", "check"): check,
+            ("backup", "compression"): compression,
+            ("backup", "level"): level,
+        },
+    )
+    with contextlib.suppress(OSError):
+        os.nice(s.backup.nice)  # the app serving users comes first
+    started = time.monotonic()
+    try:
+        result, report, code = run_backup_job(
+            s,
+            verify=verify,
+            apply_retention=not no_prune,
+            offsite=not no_offsite,
+            wait=s.backup.lock_wait if wait is None else wait,
+            show_progress=not json_out,
+        )
+    except AicaBackupError as exc:
+        reporting.finished(s, "backup", ok=False, json_lines=json_out,
+                           facts={"error": str(exc), "seconds": round(time.monotonic() - started, 1)})
+        raise
+    facts = {
+        "archive": result.name,
+        "size": result.size,
+        "seconds": round(result.seconds, 1),
+        "warnings": len(result.warnings),
+    }
+    if code != ExitCode.OK:
+        facts["error"] = "offsite copy failed: " + "; ".join(
+            f"{c['target']}: {c['error']}" for c in report.get("offsite", []) if not c["ok"]
+        )
+    report["warnings"] = result.warnings + reporting.finished(
+        s, "backup", ok=code == ExitCode.OK, json_lines=json_out, facts=facts
+    )
+    if json_out:
+        emit_json(report)
+        return int(code)
+    out.print(summary_line(result), markup=False)
+    for name in report.get("pruned", []):
+        out.print(f"Removed by retention: {name}", markup=False)
+    for copy in report.get("offsite", []):
+        if copy["ok"]:
+            out.print(f"Offsite copy verified: {copy['target']}/{result.name}", markup=False)
+    for w in report["warnings"]:
+        warn(w)
+    if code != ExitCode.OK:
+        warn(facts["error"])
+    return int(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backup")(command)

@@ -1,0 +1,9 @@
+"""``aica-backup demo``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Not wired yet."""

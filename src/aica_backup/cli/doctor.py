@@ -1,0 +1,9 @@
+"""``aica-backup doctor``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Not wired yet."""

@@ -1,0 +1,117 @@
+"""Durable file-system primitives: temp file → fsync → rename → fsync folder, private modes.
+
+Every write the tool makes that must survive a crash goes through these helpers, so the
+crash-safety argument is made once, here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from .errors import StorageError
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make sure it is mode 0700."""
+    try:
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR:
+            path.chmod(PRIVATE_DIR)
+    except OSError as exc:
+        raise storage_error(f"cannot create folder {path}", exc) from exc
+    return path
+
+
+def storage_error(what: str, exc: OSError) -> StorageError:
+    """One-line error for an OSError, with a hint for the usual causes."""
+    hint = None
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full: free space or point backups elsewhere"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the folder's owner and permissions (or that it is not read-only)"
+    reason = exc.strerror or str(exc)
+    return StorageError(f"{what}: {reason}", hint=hint)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, mode: int = PRIVATE_FILE) -> Iterator[IO[bytes]]:
+    """Yield a temp file beside ``final``; on success fsync, rename over ``final``, fsync the folder.
+
+    On any error the temp file is removed and ``final`` is untouched.
+    """
+    tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(final: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Replace ``final`` with ``data`` atomically and durably."""
+    with atomic_file(final, mode) as fh:
+        fh.write(data)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes available to this user on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or folder tree if it exists (no error if it is already gone)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def nearest_existing(path: Path) -> Path:
+    """The closest existing ancestor of ``path`` (for free-space and same-device checks)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable_dir(path: Path) -> None:
+    """Raise StorageError unless a file can be created in ``path`` (read-only mounts included)."""
+    probe = path / f"{TMP_PREFIX}probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise storage_error(f"cannot write in {path}", exc) from exc

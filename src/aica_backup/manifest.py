@@ -1,0 +1,228 @@
+"""Manifest v1: what an archive holds, with a SHA-256 for every file.
+
+``manifest.json`` is the archive's last member (the checksums are only known once every
+member has streamed through). Parsing treats the manifest as hostile input: every field is
+type-checked and every path validated before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from .errors import ArchiveError
+from .layout import Component
+
+FORMAT = "aica-backup"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file or folder in the archive. ``sha256`` is empty for folders."""
+
+    path: str
+    type: str  # "file" or "dir"
+    size: int
+    mode: int
+    mtime: float
+    sha256: str
+    component: Component
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+            "component": str(self.component),
+        }
+
+
+@dataclass
+class ComponentInfo:
+    """A component as recorded: where it lived, whether it existed, and its summary facts."""
+
+    path: str
+    present: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "present": self.present, **self.details}
+
+
+@dataclass
+class Manifest:
+    tool_version: str
+    created_at: datetime  # UTC, timezone-aware
+    host: str
+    app_root: str
+    app_name: str
+    compression: str
+    components: dict[Component, ComponentInfo]
+    members: list[Member]
+    warnings: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    def member(self, path: str) -> Member | None:
+        for m in self.members:
+            if m.path == path:
+                return m
+        return None
+
+    def files(self) -> list[Member]:
+        return [m for m in self.members if m.type == "file"]
+
+    def summary(self) -> dict[str, Any]:
+        """The small facts ``list`` shows, without the member list."""
+        db = self.components.get(Component.DATABASE)
+        up = self.components.get(Component.UPLOADS)
+        return {
+            "created_at": self.created_at.isoformat(),
+            "app_name": self.app_name,
+            "host": self.host,
+            "tool_version": self.tool_version,
+            "database": db.to_dict() if db else None,
+            "uploads": up.to_dict() if up else None,
+            "config_present": bool(self.components.get(Component.CONFIG, _ABSENT).present),
+            "members": len(self.members),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at.isoformat(),
+            "host": self.host,
+            "app_root": self.app_root,
+            "app_name": self.app_name,
+            "compression": self.compression,
+            "components": {str(k): v.to_dict() for k, v in self.components.items()},
+            "members": [m.to_dict() for m in self.members],
+            "warnings": self.warnings,
+        }
+        return json.dumps(doc, indent=1, ensure_ascii=True).encode("ascii") + b"\n"
+
+
+_ABSENT = ComponentInfo(path="", present=False)
+
+
+def _bad(why: str) -> ArchiveError:
+    return ArchiveError(f"manifest.json is invalid: {why}", member=MANIFEST_NAME)
+
+
+def _get(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise _bad(f"field {key!r} missing or of the wrong type")
+    return value
+
+
+def safe_member_path(name: str) -> str | None:
+    """Normalised archive path, or None if the name is unsafe (absolute, '..', empty, NUL)."""
+    if not name or "\0" in name or "\\" in name or name.startswith("/"):
+        return None
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def _parse_member(raw: Any) -> Member:
+    if not isinstance(raw, dict):
+        raise _bad("a member entry is not an object")
+    path = _get(raw, "path", str)
+    if safe_member_path(path) != path:
+        raise _bad(f"unsafe member path {path!r}")
+    kind = _get(raw, "type", str)
+    if kind not in ("file", "dir"):
+        raise _bad(f"member {path!r} has unsupported type {kind!r}")
+    sha = _get(raw, "sha256", str)
+    if kind == "file" and not _SHA256.match(sha):
+        raise _bad(f"member {path!r} has no valid sha256")
+    size = _get(raw, "size", int)
+    mode = _get(raw, "mode", int)
+    if size < 0 or not 0 <= mode <= 0o7777:
+        raise _bad(f"member {path!r} has an invalid size or mode")
+    try:
+        component = Component(_get(raw, "component", str))
+    except ValueError:
+        raise _bad(f"member {path!r} names an unknown component") from None
+    return Member(
+        path=path,
+        type=kind,
+        size=size,
+        mode=mode,
+        mtime=float(_get(raw, "mtime", (int, float))),
+        sha256=sha,
+        component=component,
+    )
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate manifest bytes; raise ArchiveError on anything unexpected."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise _bad("not an aica-backup manifest")
+    version = _get(doc, "format_version", int)
+    if version > FORMAT_VERSION:
+        raise ArchiveError(
+            f"archive format version {version} is newer than this release reads ({FORMAT_VERSION})",
+            hint="upgrade aica-backup to restore it",
+        )
+    try:
+        created = datetime.fromisoformat(_get(doc, "created_at", str))
+    except ValueError:
+        raise _bad("created_at is not a timestamp") from None
+    if created.tzinfo is None:
+        raise _bad("created_at has no time zone")
+    components: dict[Component, ComponentInfo] = {}
+    for key, raw in _get(doc, "components", dict).items():
+        try:
+            comp = Component(key)
+        except ValueError:
+            raise _bad(f"unknown component {key!r}") from None
+        if not isinstance(raw, dict):
+            raise _bad(f"component {key!r} is not an object")
+        path = _get(raw, "path", str)
+        if safe_member_path(path) != path:
+            raise _bad(f"component {key!r} has an unsafe path")
+        details = {k: v for k, v in raw.items() if k not in ("path", "present")}
+        components[comp] = ComponentInfo(path, bool(_get(raw, "present", bool)), details)
+    members = [_parse_member(m) for m in _get(doc, "members", list)]
+    seen: set[str] = set()
+    for m in members:
+        if m.path in seen:
+            raise _bad(f"member {m.path!r} listed twice")
+        seen.add(m.path)
+        info = components.get(m.component)
+        if info is None or not (m.path == info.path or m.path.startswith(info.path + "/")):
+            raise _bad(f"member {m.path!r} lies outside its component")
+    warnings = doc.get("warnings", [])
+    return Manifest(
+        format_version=version,
+        tool_version=_get(doc, "tool_version", str),
+        created_at=created,
+        host=_get(doc, "host", str),
+        app_root=_get(doc, "app_root", str),
+        app_name=_get(doc, "app_name", str),
+        compression=_get(doc, "compression", str),
+        components=components,
+        members=members,
+        warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
+    )

@@ -1,0 +1,136 @@
+"""Consistent SQLite snapshots through the online backup API, and integrity checks.
+
+The snapshot is copied in a single ``backup`` step, so it holds one read transaction for the
+whole copy: in WAL mode the app's writers keep committing meanwhile, and the copy is one point
+in time (it never restarts because a writer changed a page, as a stepped backup would).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import DatabaseError
+
+CheckMode = Literal["integrity", "quick", "none"]
+BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """What the manifest records about a database snapshot."""
+
+    sqlite_version: str
+    page_size: int
+    page_count: int
+    user_version: int
+    journal_mode: str  # of the source database
+    integrity: str  # "ok", the first problems found, or "skipped"
+    check: str  # which check ran: integrity_check, quick_check or none
+    check_seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _uri(path: Path, mode: str) -> str:
+    # Path characters like '?' or '#' must not be read as URI syntax.
+    quoted = str(path.resolve()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{quoted}?mode={mode}"
+
+
+@contextlib.contextmanager
+def connect_existing(path: Path, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+    """Open an existing database (never create one) with a busy timeout."""
+    if not path.exists():
+        raise DatabaseError(f"database not found: {path}")
+    try:
+        conn = sqlite3.connect(_uri(path, "ro" if readonly else "rw"), uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def open_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """Open a snapshot file read-only and immutable: no -wal/-shm is created beside it."""
+    conn = sqlite3.connect(_uri(path, "ro") + "&immutable=1", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def take_snapshot(source: Path, dest: Path) -> str:
+    """Copy ``source`` into the new file ``dest`` in one backup step; return the source journal mode.
+
+    Raises DatabaseError for a missing, unreadable or non-SQLite source.
+    """
+    with connect_existing(source) as src:
+        try:
+            journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0])
+            dst = sqlite3.connect(dest)
+            try:
+                # The snapshot is a throw-away temp file: no journal, no fsync while copying.
+                dst.execute("PRAGMA journal_mode = OFF")
+                dst.execute("PRAGMA synchronous = OFF")
+                src.backup(dst, pages=-1)
+            finally:
+                dst.close()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"cannot snapshot database {source}: {exc}") from exc
+    return journal_mode
+
+
+def check_database(conn: sqlite3.Connection, mode: CheckMode) -> tuple[str, str, float]:
+    """Run the chosen check; return (result, check name, seconds). Result is "ok" when clean."""
+    if mode == "none":
+        return "skipped", "none", 0.0
+    pragma = "integrity_check" if mode == "integrity" else "quick_check"
+    start = time.perf_counter()
+    try:
+        rows = conn.execute(f"PRAGMA {pragma}(20)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return f"error: {exc}", pragma, time.perf_counter() - start
+    result = "; ".join(str(r[0]) for r in rows) or "no result"
+    return result, pragma, time.perf_counter() - start
+
+
+def inspect_snapshot(path: Path, journal_mode: str, mode: CheckMode) -> DatabaseInfo:
+    """Check a snapshot file and collect the facts the manifest records."""
+    with open_snapshot(path) as conn:
+        try:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"snapshot is not a readable database: {exc}") from exc
+        result, check, seconds = check_database(conn, mode)
+    return DatabaseInfo(
+        sqlite_version=sqlite3.sqlite_version,
+        page_size=page_size,
+        page_count=page_count,
+        user_version=user_version,
+        journal_mode=journal_mode,
+        integrity=result,
+        check=check,
+        check_seconds=round(seconds, 3),
+    )
+
+
+def integrity_of(path: Path, mode: CheckMode = "integrity") -> str:
+    """Integrity result of a database file at rest (staged restore, live result, verify)."""
+    try:
+        with open_snapshot(path) as conn:
+            return check_database(conn, mode)[0]
+    except sqlite3.DatabaseError as exc:
+        return f"error: {exc}"
