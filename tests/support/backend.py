@@ -1,0 +1,1 @@
+"""Fixtures for backend tests (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Fixtures for rclone tests (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Fixtures for s3 tests (filled in by its owner)."""
