@@ -121,9 +121,7 @@ def _present(path: Path, *, want_dir: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _output(
-    tmp: Path, options: BackupOptions
-) -> Iterator[tuple[IO[bytes], HashingWriter]]:
+def _output(tmp: Path, options: BackupOptions) -> Iterator[tuple[IO[bytes], HashingWriter]]:
     """temp file ← sha256 ← [age] ← compressor: yield (stream to write tar into, hasher)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
     with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
@@ -142,7 +140,7 @@ def _output(
 
 def create_archive(
     layout: Layout,
-    options: BackupOptions = BackupOptions(),  # noqa: B008 - frozen dataclass
+    options: BackupOptions = BackupOptions(),
     *,
     kind: str = "backup",
     progress: Progress | None = None,
@@ -165,7 +163,9 @@ def create_archive(
     uploads = _walk_uploads(layout) if _present(layout.uploads_path, want_dir=True) else []
     config_present = _present(layout.config_path, want_dir=False)
 
-    name = new_name(backups, kind, now, archive_suffix(options.compression, bool(options.recipients)))
+    name = new_name(
+        backups, kind, now, archive_suffix(options.compression, bool(options.recipients))
+    )
     tmp = backups / f"{TMP_PREFIX}{name}"
     snap = meta / f"{TMP_PREFIX}snapshot-{os.getpid()}.db"
     try:

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from typing import IO, Literal, cast
+from typing import IO, Any, Literal, cast
 
 from isal import igzip, igzip_threaded
 
@@ -46,7 +46,7 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _zstd() -> object:
+def _zstd() -> Any:
     try:
         import zstandard
     except ImportError:
@@ -64,10 +64,11 @@ def compressing_writer(
     n = threads or cpu_threads()
     stream: IO[bytes]
     if compression == "gzip":
-        stream = igzip_threaded.open(raw, "wb", compresslevel=level, threads=n, block_size=BLOCK)
+        stream = igzip_threaded.open(  # type: ignore[no-untyped-call]
+            raw, "wb", compresslevel=level, threads=n, block_size=BLOCK
+        )
     else:
-        zstandard = cast("object", _zstd())
-        cctx = zstandard.ZstdCompressor(level=level, threads=n)  # type: ignore[attr-defined]
+        cctx = _zstd().ZstdCompressor(level=level, threads=n)
         stream = cctx.stream_writer(raw, closefd=False)
     ok = False
     try:
@@ -86,10 +87,10 @@ def decompressing_reader(raw: IO[bytes], compression: str) -> Iterator[IO[bytes]
     """Yield a readable stream of the decompressed tar bytes of ``raw`` (left open)."""
     stream: IO[bytes]
     if compression == "gzip":
-        stream = cast(IO[bytes], igzip.IGzipFile(fileobj=raw, mode="rb"))
+        gz = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
+        stream = cast(IO[bytes], gz)
     else:
-        zstandard = cast("object", _zstd())
-        dctx = zstandard.ZstdDecompressor()  # type: ignore[attr-defined]
+        dctx = _zstd().ZstdDecompressor()
         stream = io.BufferedReader(
             dctx.stream_reader(raw, read_across_frames=True, closefd=False), BLOCK
         )

@@ -26,7 +26,12 @@ from .retention import Policy, parse_duration
 CONFIG_FILENAME = "aica-backup.toml"
 ENV_PREFIX = "AICA_BACKUP_"
 # Variables that select the configuration itself rather than set a key in it.
-ENV_CONTROL = {"AICA_BACKUP_ROOT", "AICA_BACKUP_CONFIG_FILE", "AICA_BACKUP_DEBUG"}
+ENV_CONTROL = {
+    "AICA_BACKUP_ROOT",
+    "AICA_BACKUP_CONFIG_FILE",
+    "AICA_BACKUP_DEBUG",
+    "AICA_BACKUP_TEST_CRASH_AT",  # fault injection for the crash tests (journal.py)
+}
 ENV_ALIASES = {"AICA_BACKUP_IDENTITY": ("encryption", "identity")}
 
 

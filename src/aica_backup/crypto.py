@@ -57,7 +57,9 @@ def parse_recipients(values: Sequence[str]) -> list[Any]:
     try:
         return [pyrage.x25519.Recipient.from_str(k) for k in keys]
     except Exception:
-        raise CryptoError("invalid age recipient (expected a public key starting with age1)") from None
+        raise CryptoError(
+            "invalid age recipient (expected a public key starting with age1)"
+        ) from None
 
 
 def load_identities(path: Path | None) -> list[Any]:

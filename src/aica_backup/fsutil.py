@@ -50,28 +50,33 @@ def storage_error(what: str, exc: OSError) -> StorageError:
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "check the folder's owner and permissions (or that it is not read-only)"
     reason = exc.strerror or str(exc)
+    if exc.filename and str(exc.filename) not in what:
+        reason += f": {exc.filename}"
     return StorageError(f"{what}: {reason}", hint=hint)
 
 
 @contextlib.contextmanager
 def atomic_file(final: Path, mode: int = PRIVATE_FILE) -> Iterator[IO[bytes]]:
-    """Yield a temp file beside ``final``; on success fsync, rename over ``final``, fsync the folder.
+    """Yield a temp file beside ``final``; on success fsync, rename over it, fsync the folder.
 
     On any error the temp file is removed and ``final`` is untouched.
     """
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(final.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(final.parent)
+    except OSError as exc:
+        raise storage_error(f"cannot write {final}", exc) from exc
 
 
 def atomic_write_bytes(final: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:

@@ -83,7 +83,7 @@ class Layout:
         return self.path(Component.CONFIG)
 
     def with_root(self, root: Path) -> Layout:
-        """The same layout under another root (``restore --target``); backups stay where they are."""
+        """The same layout under another root (``restore --target``); backups stay put."""
         return Layout(
             root=root,
             database=self.database,

@@ -21,7 +21,7 @@ from pathlib import Path
 import filelock
 import psutil
 
-from .errors import LockedError
+from .errors import LockedError, StorageError
 from .fsutil import PRIVATE_FILE, atomic_write_bytes, ensure_private_dir
 
 
@@ -36,7 +36,8 @@ def _holder_info(path: Path) -> dict[str, object]:
 def _describe(info: dict[str, object]) -> str:
     if not info:
         return "another aica-backup process"
-    return f"{info.get('operation', 'an operation')} by pid {info.get('pid')} since {info.get('started')}"
+    operation = info.get("operation", "an operation")
+    return f"{operation} by pid {info.get('pid')} since {info.get('started')}"
 
 
 @contextlib.contextmanager
@@ -62,7 +63,9 @@ def exclusive_lock(meta_dir: Path, operation: str, wait: float = 0.0) -> Iterato
         previous = _holder_info(info_path)
         pid = previous.get("pid")
         if isinstance(pid, int) and not _alive(pid, previous.get("host")):
-            notes.append(f"cleared a stale lock left by dead pid {pid} ({previous.get('operation')})")
+            notes.append(
+                f"cleared a stale lock left by dead pid {pid} ({previous.get('operation')})"
+            )
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -70,7 +73,9 @@ def exclusive_lock(meta_dir: Path, operation: str, wait: float = 0.0) -> Iterato
             "command": " ".join(sys.argv),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        atomic_write_bytes(info_path, json.dumps(info).encode())
+        # Only informational: a full disk must fail the operation itself, with its own message.
+        with contextlib.suppress(StorageError):
+            atomic_write_bytes(info_path, json.dumps(info).encode())
         yield notes
     finally:
         with contextlib.suppress(OSError):

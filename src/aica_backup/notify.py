@@ -91,12 +91,14 @@ class Notifier:
             if facts.get("archive"):
                 text += f": {facts['archive']}"
         else:
-            text = f"aica-backup {operation} FAILED on {host}: {facts.get('error', 'unknown error')}"
+            text = (
+                f"aica-backup {operation} FAILED on {host}: {facts.get('error', 'unknown error')}"
+            )
         body = {"text": self.redact(text), "ok": ok, "operation": operation, "host": host}
         body.update({k: self.redact(v) if isinstance(v, str) else v for k, v in facts.items()})
-        if self.webhook_url and (not ok or self.on_success):
-            if problem := self._post(self.webhook_url, body):
-                warnings.append(problem)
+        wanted = self.webhook_url and (not ok or self.on_success)
+        if wanted and (problem := self._post(self.webhook_url, body)):
+            warnings.append(problem)
         if self.heartbeat_url:
             url = self.heartbeat_url.rstrip("/") + ("" if ok else "/fail")
             if problem := self._post(url, body):

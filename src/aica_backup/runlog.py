@@ -15,8 +15,14 @@ from .fsutil import ensure_private_dir
 class RunLog:
     """Appends a run's outcome to ``path`` (rotated at ``max_bytes``, ``keep`` old files)."""
 
-    def __init__(self, path: Path | None, *, json_lines: bool = False, max_bytes: int = 1_000_000,
-                 keep: int = 5) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        json_lines: bool = False,
+        max_bytes: int = 1_000_000,
+        keep: int = 5,
+    ) -> None:
         self.path = path
         self.json_lines = json_lines
         self.max_bytes = max_bytes
@@ -28,8 +34,11 @@ class RunLog:
             return None
         now = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
         if self.json_lines:
-            line = json.dumps({"time": now, "operation": operation, "ok": ok, **facts},
-                              default=str, ensure_ascii=False)
+            line = json.dumps(
+                {"time": now, "operation": operation, "ok": ok, **facts},
+                default=str,
+                ensure_ascii=False,
+            )
         else:
             fields = " ".join(f"{k}={_text(v)}" for k, v in facts.items() if v not in (None, ""))
             line = f"{now} {operation} {'ok' if ok else 'FAILED'} {fields}".rstrip()

@@ -71,7 +71,7 @@ def open_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def take_snapshot(source: Path, dest: Path) -> str:
-    """Copy ``source`` into the new file ``dest`` in one backup step; return the source journal mode.
+    """Copy ``source`` into the new file ``dest`` in one backup step; return its journal mode.
 
     Raises DatabaseError for a missing, unreadable or non-SQLite source.
     """

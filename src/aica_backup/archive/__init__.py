@@ -47,7 +47,9 @@ def open_tar_stream(path: Path, identities: Sequence[Any] | None = None) -> Iter
 
 
 def scan_file(
-    path: Path, identities: Sequence[Any] | None = None, limits: Limits = Limits()  # noqa: B008
+    path: Path,
+    identities: Sequence[Any] | None = None,
+    limits: Limits = Limits(),  # noqa: B008
 ) -> ScanResult:
     """Read a whole archive file, hashing every member, without writing anything."""
     with open_tar_stream(path, identities) as stream:

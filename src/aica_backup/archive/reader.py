@@ -73,7 +73,11 @@ def _entry(info: tarfile.TarInfo) -> Entry:
     path = safe_member_path(info.name)
     if path is None:
         raise ArchiveError(f"unsafe member name {info.name!r}", member=info.name)
-    if info.sparse is not None or info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+    if info.sparse is not None or info.type not in (
+        tarfile.REGTYPE,
+        tarfile.AREGTYPE,
+        tarfile.DIRTYPE,
+    ):
         kind = {
             tarfile.SYMTYPE: "symbolic link",
             tarfile.LNKTYPE: "hard link",
@@ -85,10 +89,14 @@ def _entry(info: tarfile.TarInfo) -> Entry:
             kind = "sparse file"
         raise ArchiveError(f"refusing {kind} {info.name!r}", member=path)
     kind = "dir" if info.isdir() else "file"
-    return Entry(path, kind, info.size if kind == "file" else 0, info.mode & 0o7777, float(info.mtime))
+    return Entry(
+        path, kind, info.size if kind == "file" else 0, info.mode & 0o7777, float(info.mtime)
+    )
 
 
-def _copy(src: IO[bytes], size: int, sink: IO[bytes] | None, on_bytes: Callable[[int], None]) -> str:
+def _copy(
+    src: IO[bytes], size: int, sink: IO[bytes] | None, on_bytes: Callable[[int], None]
+) -> str:
     sha = hashlib.sha256()
     left = size
     while left > 0:
@@ -106,7 +114,7 @@ def _copy(src: IO[bytes], size: int, sink: IO[bytes] | None, on_bytes: Callable[
 def scan_archive(
     stream: IO[bytes],
     *,
-    limits: Limits = Limits(),  # noqa: B008 - frozen dataclass, safe as a default
+    limits: Limits = Limits(),
     open_sink: OpenSink | None = None,
     on_dir: OnEntry | None = None,
     on_file_done: OnEntry | None = None,
@@ -124,15 +132,17 @@ def scan_archive(
     total = 0
     count = 0
     try:
-        with tarfile.open(
-            fileobj=stream, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo
-        ) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo) as tar:
             for info in tar:
                 count += 1
                 if count > limits.max_members:
                     raise ArchiveError(f"more than {limits.max_members} members: refusing")
                 if manifest_bytes is not None:
-                    raise ArchiveError(f"member {info.name!r} follows the manifest", member=info.name)
+                    raise ArchiveError(
+                        f"member {info.name!r} follows the manifest", member=info.name
+                    )
+                if info.isdir() and info.name.strip("/") in ("", "."):
+                    continue  # "./" as plain tar writes it: the archive's own root
                 entry = _entry(info)
                 if entry.path in files or entry.path in dirs:
                     raise ArchiveError(f"member {entry.path!r} appears twice", member=entry.path)
@@ -149,10 +159,13 @@ def scan_archive(
                         member=entry.path,
                     )
                 src = tar.extractfile(info)
-                assert src is not None  # regular file
+                if src is None:  # cannot happen for a regular file; never trust it
+                    raise ArchiveError(f"unreadable member {entry.path!r}", member=entry.path)
                 if entry.path == MANIFEST_NAME:
                     if entry.size > MAX_MANIFEST_BYTES:
-                        raise ArchiveError("manifest.json is implausibly large", member=MANIFEST_NAME)
+                        raise ArchiveError(
+                            "manifest.json is implausibly large", member=MANIFEST_NAME
+                        )
                     manifest_bytes = src.read(entry.size)
                     if len(manifest_bytes) != entry.size:
                         raise ArchiveError("archive is truncated")

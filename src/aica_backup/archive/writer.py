@@ -42,7 +42,7 @@ def _group(gid: int) -> str:
 
 
 class _ExactReader:
-    """Reads exactly ``size`` bytes from ``fh``, hashing them; pads with zeros if the file shrank."""
+    """Reads exactly ``size`` bytes from ``fh``, hashing them; zero-pads a file that shrank."""
 
     def __init__(self, fh: IO[bytes], size: int, progress: Progress | None) -> None:
         self.fh = fh
@@ -68,10 +68,10 @@ class ArchiveWriter:
     """Writes members to a tar stream and remembers each one for the manifest."""
 
     def __init__(self, stream: IO[bytes], progress: Progress | None = None) -> None:
-        self._tar = tarfile.open(
+        self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
             fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=BUFFER
         )
-        self._tar.copybufsize = BUFFER
+        self._tar.copybufsize = BUFFER  # type: ignore[attr-defined]  # undocumented, 16 KB default
         self._progress = progress
         self.members: list[Member] = []
         self.warnings: list[str] = []

@@ -16,6 +16,7 @@ import typer
 
 from .. import __version__
 from ..errors import AicaBackupError, ExitCode
+from ..fsutil import storage_error
 from . import (
     backup,
     demo,
@@ -117,6 +118,18 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)
+    except OSError as exc:  # a file-system error no layer below anticipated
+        _report(storage_error("file system error", exc), json_mode)
+        sys.exit(ExitCode.STORAGE)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("AICA_BACKUP_DEBUG"):
+            raise
+        err.print(
+            f"aica-backup: internal error: {type(exc).__name__}: {exc} "
+            "(set AICA_BACKUP_DEBUG=1 for details)",
+            markup=False,
+        )
+        sys.exit(ExitCode.ERROR)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

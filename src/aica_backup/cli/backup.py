@@ -45,7 +45,9 @@ def summary_line(result: BackupResult) -> str:
         parts.append("no database")
     up = m.get("uploads") or {}
     if up.get("present"):
-        parts.append(f"{up.get('file_count', 0):,} uploads ({human_size(up.get('total_bytes', 0))})")
+        parts.append(
+            f"{up.get('file_count', 0):,} uploads ({human_size(up.get('total_bytes', 0))})"
+        )
     else:
         parts.append("no uploads")
     parts.append("config" if m.get("config_present") else "no config")
@@ -101,9 +103,7 @@ def command(
     verify: Annotated[
         bool, typer.Option("--verify", help="Read the new archive back and check it fully.")
     ] = False,
-    no_prune: Annotated[
-        bool, typer.Option("--no-prune", help="Skip retention this time.")
-    ] = False,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip retention this time.")] = False,
     no_offsite: Annotated[
         bool, typer.Option("--no-offsite", help="Skip the offsite copies this time.")
     ] = False,
@@ -117,7 +117,9 @@ def command(
     level: Annotated[int | None, typer.Option(help="Compression level.")] = None,
     wait: Annotated[
         float | None,
-        typer.Option(help="Seconds to wait for a running backup or restore (default: fail at once)."),
+        typer.Option(
+            help="Seconds to wait for a running backup or restore (default: fail at once)."
+        ),
     ] = None,
 ) -> int:
     """Back up the database, uploads and config into backups/backup_YYYYMMDD_HHMMSS.tar.gz."""
@@ -142,8 +144,13 @@ def command(
             show_progress=not json_out,
         )
     except AicaBackupError as exc:
-        reporting.finished(s, "backup", ok=False, json_lines=json_out,
-                           facts={"error": str(exc), "seconds": round(time.monotonic() - started, 1)})
+        reporting.finished(
+            s,
+            "backup",
+            ok=False,
+            json_lines=json_out,
+            facts={"error": str(exc), "seconds": round(time.monotonic() - started, 1)},
+        )
         raise
     facts = {
         "archive": result.name,
@@ -170,7 +177,7 @@ def command(
     for w in report["warnings"]:
         warn(w)
     if code != ExitCode.OK:
-        warn(facts["error"])
+        warn(str(facts["error"]))
     return int(code)
 
 

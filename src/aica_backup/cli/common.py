@@ -43,11 +43,14 @@ class Globals:
 
 def globals_of(ctx: typer.Context) -> Globals:
     obj = ctx.find_root().obj
-    assert isinstance(obj, Globals)
+    if not isinstance(obj, Globals):  # pragma: no cover - the root callback always sets it
+        raise RuntimeError("aica-backup: command context missing")
     return obj
 
 
-def settings(ctx: typer.Context, overrides: Mapping[tuple[str, ...], Any] | None = None) -> Settings:
+def settings(
+    ctx: typer.Context, overrides: Mapping[tuple[str, ...], Any] | None = None
+) -> Settings:
     g = globals_of(ctx)
     return load_settings(g.root, config_file=g.config_file, overrides=overrides)
 

@@ -18,8 +18,11 @@ def contents(e: ArchiveEntry) -> tuple[str, str]:
     up = s.get("uploads") or {}
     if e.summary is None:
         return ("?", "?")
-    dbcol = f"{db.get('page_count', 0) * db.get('page_size', 0) / 1e6:.1f} MB" if db.get(
-        "present") else "absent"
+    dbcol = (
+        f"{db.get('page_count', 0) * db.get('page_size', 0) / 1e6:.1f} MB"
+        if db.get("present")
+        else "absent"
+    )
     if db.get("present") and db.get("integrity") not in ("ok", "skipped"):
         dbcol += " (DAMAGED)"
     upcol = f"{up.get('file_count', 0):,} files" if up.get("present") else "absent"
@@ -57,8 +60,16 @@ def command(
     for i, e in enumerate(entries, 1):
         db, up = contents(e)
         name = e.name + (" [pinned]" if e.pinned else "")
-        table.add_row(str(i), name, e.local_time.strftime("%Y-%m-%d %H:%M:%S"),
-                      human_age(e.local_time), human_size(e.size), db, up, verified(e))
+        table.add_row(
+            str(i),
+            name,
+            e.local_time.strftime("%Y-%m-%d %H:%M:%S"),
+            human_age(e.local_time),
+            human_size(e.size),
+            db,
+            up,
+            verified(e),
+        )
     out.print(table)
 
 

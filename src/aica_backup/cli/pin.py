@@ -17,7 +17,10 @@ def _set(ctx: typer.Context, name: str, pinned: bool) -> None:
     out.print(f"{'Pinned' if pinned else 'Unpinned'}: {name}", markup=False)
 
 
-def pin(ctx: typer.Context, name: str = typer.Argument(help="Archive name, e.g. backup_20241010_030000.tar.gz")) -> None:
+def pin(
+    ctx: typer.Context,
+    name: str = typer.Argument(help="Archive name, e.g. backup_20241010_030000.tar.gz"),
+) -> None:
     """Pin a backup: retention never deletes it."""
     _set(ctx, name, True)
 

@@ -42,28 +42,36 @@ def command(
     given = {k: v for k, v in flags.items() if v is not None}
     overrides: dict[tuple[str, ...], object] = {}
     if given:  # flags replace the configured policy as a whole, like restic's forget
-        overrides = {("retention", k): flags.get(k) or (0 if k != "keep_within" else "")
-                     for k in flags}
+        overrides = {
+            ("retention", k): flags.get(k) or (0 if k != "keep_within" else "") for k in flags
+        }
     s = settings(ctx, overrides)
     layout = s.layout()
     catalog = Catalog(layout.backups_dir)
     with exclusive_lock(layout.meta_dir, "prune", s.backup.lock_wait):
         decision = prune(catalog, s.retention.policy(), datetime.now(UTC), dry_run=dry_run)
-        safety = prune(catalog, s.retention.policy().__class__(keep_last=s.retention.pre_restore_keep),
-                       datetime.now(UTC), kind="pre-restore", dry_run=dry_run)
+        safety = prune(
+            catalog,
+            s.retention.policy().__class__(keep_last=s.retention.pre_restore_keep),
+            datetime.now(UTC),
+            kind="pre-restore",
+            dry_run=dry_run,
+        )
     removed = decision.remove + safety.remove
     if json_out:
-        emit_json({
-            "dry_run": dry_run,
-            "keep": [c.name for c in decision.keep + safety.keep],
-            "remove": [c.name for c in removed],
-            "reasons": {**decision.reasons, **safety.reasons},
-        })
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "keep": [c.name for c in decision.keep + safety.keep],
+                "remove": [c.name for c in removed],
+                "reasons": {**decision.reasons, **safety.reasons},
+            }
+        )
         return
     verb = "would remove" if dry_run else "removed"
+    reasons = {**decision.reasons, **safety.reasons}
     for c in decision.keep + safety.keep:
-        out.print(f"keep    {c.name}  ({', '.join(decision.reasons.get(c.name) or safety.reasons[c.name])})",
-                  markup=False)
+        out.print(f"keep    {c.name}  ({', '.join(reasons[c.name])})", markup=False)
     for c in removed:
         why = decision.reasons.get(c.name) or safety.reasons[c.name]
         out.print(f"{verb:<7} {c.name}  ({', '.join(why)})", markup=False)

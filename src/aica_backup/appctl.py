@@ -1,0 +1,89 @@
+"""The running app, as restore sees it: who holds the database, stop/start commands, health.
+
+A restore must never leave a running backend writing to a database file that was swapped
+away under it. So it finds the processes holding the database (or its -wal/-shm/-journal)
+open and either refuses, naming them, or — when the operator configured them — runs the stop
+command, waits until the files are free, restores, runs the start command and checks health.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import BusyError
+from .holders import Holder, find_holders
+
+DB_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def database_files(db: Path) -> list[Path]:
+    """The database and the side files SQLite may keep beside it."""
+    return [db] + [db.with_name(db.name + s) for s in DB_SIDE_FILES]
+
+
+def describe(holders: Sequence[Holder]) -> str:
+    return ", ".join(f"pid {h.pid} ({h.cmdline})" for h in holders)
+
+
+def refuse_if_held(db: Path) -> None:
+    """BusyError naming every process that holds the database open."""
+    holders = find_holders(database_files(db))
+    if holders:
+        raise BusyError(
+            f"the database is in use by {describe(holders)}",
+            hint="stop the backend first, or set restore.stop_command and restore.start_command",
+        )
+
+
+def run_command(command: str, what: str, timeout: float = 120) -> None:
+    """Run an operator-configured shell command; BusyError if it fails."""
+    try:
+        proc = subprocess.run(  # noqa: S602 - the operator's own command line, from config
+            command, shell=True, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BusyError(
+            f"{what} command did not finish within {timeout:.0f} s: {command}"
+        ) from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = f": {detail[-1]}" if detail else ""
+        raise BusyError(f"{what} command failed with exit code {proc.returncode}{last}")
+
+
+def stop_app(command: str, db: Path, timeout: float = 30) -> None:
+    """Run the stop command and wait until no process holds the database."""
+    run_command(command, "stop")
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = find_holders(database_files(db))
+        if not holders:
+            return
+        if time.monotonic() > deadline:
+            raise BusyError(
+                f"after the stop command the database is still held by {describe(holders)}"
+            )
+        time.sleep(0.2)
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; BusyError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - configured URL
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        time.sleep(0.5)
+    raise BusyError(f"health check {url} failed after {timeout:.0f} s: {last}")

@@ -1,0 +1,194 @@
+"""Unpack an archive into a private staging folder and prove it sound before anyone uses it.
+
+Used by restore (everything is staged) and verify (only the database is written, to a scratch
+folder). Files are created with ``O_EXCL | O_NOFOLLOW`` under a folder this process made, so
+nothing can be written outside it; the reader (:mod:`aica_backup.archive.reader`) has already
+refused unsafe names and member types. The database is checked in a thread while the rest of
+the archive is still streaming in.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
+from .archive.reader import Entry, scan_archive
+from .errors import ArchiveError
+from .fsutil import PRIVATE_DIR, PRIVATE_FILE, free_bytes, storage_error
+from .layout import Component
+from .manifest import Manifest
+from .snapshot import CheckMode, integrity_of
+
+# Space left free on the staging file system whatever the archive claims (bomb guard).
+RESERVE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Staged:
+    """An archive unpacked and checked: ``root`` holds members at their archive paths."""
+
+    root: Path
+    scan: ScanResult
+    problems: list[tuple[str, str]]  # (member, why) where content and manifest disagree
+    db_integrity: str | None  # None when the archive holds no database
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.scan.manifest
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.db_integrity in (None, "ok", "skipped")
+
+    def first_problem(self) -> tuple[str, str]:
+        if self.problems:
+            return self.problems[0]
+        db = self.manifest.components[Component.DATABASE].path
+        return db, f"database failed its integrity check: {self.db_integrity}"
+
+    def raise_if_bad(self) -> None:
+        if not self.ok:
+            member, why = self.first_problem()
+            more = len(self.problems) - 1
+            extra = f" (and {more} more problems)" if more > 0 else ""
+            raise ArchiveError(f"{member}: {why}{extra}", member=member)
+
+
+def _mkdirs(root: Path, rel: str) -> Path:
+    """Create ``root/rel`` folder by folder, refusing anything that is not a plain folder."""
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            os.mkdir(path, PRIVATE_DIR)
+        except FileExistsError:
+            if path.is_symlink() or not path.is_dir():
+                raise ArchiveError(f"member {rel!r} conflicts with a file", member=rel) from None
+    return path
+
+
+def stage(
+    archive: Path,
+    dest: Path,
+    *,
+    identities: Sequence[Any] | None = None,
+    check: CheckMode = "integrity",
+    write: Callable[[Entry, bool], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Staged:
+    """Unpack ``archive`` into the new folder ``dest`` and check it.
+
+    ``write(entry, is_first_file)`` chooses which files are written (default: all); the others
+    are only hashed. The first file of an archive is its database by construction, so its
+    check starts while the rest streams. ``dest`` must not exist; the caller removes it.
+    """
+    dest.mkdir(mode=PRIVATE_DIR, parents=False)
+    limit = max(0, free_bytes(dest) - RESERVE_BYTES)
+    first: list[str] = []
+
+    def open_sink(entry: Entry) -> IO[bytes] | None:
+        is_first = not first
+        if is_first:
+            first.append(entry.path)
+        if write is not None and not write(entry, is_first):
+            return None
+        parent, _, name = entry.path.rpartition("/")
+        folder = _mkdirs(dest, parent) if parent else dest
+        try:
+            fd = os.open(
+                folder / name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                PRIVATE_FILE,
+            )
+        except FileExistsError:
+            raise ArchiveError(f"member {entry.path!r} conflicts", member=entry.path) from None
+        return os.fdopen(fd, "wb", buffering=0)
+
+    def on_dir(entry: Entry) -> None:
+        if write is None:
+            _mkdirs(dest, entry.path)
+
+    checks: dict[str, concurrent.futures.Future[str]] = {}
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-check") as pool:
+
+        def on_file_done(entry: Entry) -> None:
+            if entry.path == first[0] and (dest / entry.path).is_file():
+                checks[entry.path] = pool.submit(integrity_of, dest / entry.path, check)
+
+        try:
+            with open_tar_stream(archive, identities) as stream:
+                scan = scan_archive(
+                    stream,
+                    limits=Limits(max_bytes=limit),
+                    open_sink=open_sink,
+                    on_dir=on_dir,
+                    on_file_done=on_file_done,
+                    progress=progress,
+                )
+        except OSError as exc:
+            raise storage_error(f"cannot unpack into {dest}", exc) from exc
+        problems = compare_with_manifest(scan)
+        db_info = scan.manifest.components.get(Component.DATABASE)
+        db_integrity: str | None = None
+        if db_info is not None and db_info.present:
+            future = checks.get(db_info.path)
+            if future is not None:
+                db_integrity = future.result()
+            elif (dest / db_info.path).is_file():
+                db_integrity = integrity_of(dest / db_info.path, check)
+            else:  # not first in the archive: written by another tool's order; check it now
+                db_integrity = _check_member(archive, identities, db_info.path, dest, check)
+    return Staged(dest, scan, problems, db_integrity)
+
+
+def _check_member(
+    archive: Path, identities: Sequence[Any] | None, member: str, dest: Path, check: CheckMode
+) -> str:
+    """Second pass for an archive whose database is not its first member."""
+    scratch = dest / ".db-check"
+    stage(
+        archive,
+        scratch,
+        identities=identities,
+        check="none",
+        write=lambda e, _first: e.path == member,
+    )
+    try:
+        return integrity_of(scratch / member, check)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def apply_metadata(staged: Staged, paths: Sequence[str], private: Sequence[str] = ()) -> None:
+    """Give staged members their recorded modes and mtimes (folders last, deepest first).
+
+    Modes lose setuid/setgid/sticky bits; members in ``private`` (the secrets file) get 0600.
+    """
+    members = [m for m in staged.manifest.members if any(_within(m.path, p) for p in paths)]
+    for m in members:
+        target = staged.root / m.path
+        if m.type != "file" or not target.exists():
+            continue
+        mode = 0o600 if m.path in private else m.mode & 0o777
+        os.chmod(target, mode)
+        os.utime(target, (m.mtime, m.mtime))
+    for m in sorted((m for m in members if m.type == "dir"), key=lambda m: -m.path.count("/")):
+        target = staged.root / m.path
+        if target.is_dir():
+            os.chmod(target, (m.mode & 0o777) | 0o700)
+            os.utime(target, (m.mtime, m.mtime))
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def sync_to_disk() -> None:
+    """Flush staged data to disk before it replaces live data: one sync, not one fsync a file."""
+    os.sync()

@@ -1,0 +1,368 @@
+"""Restore as one transaction: round trip, kill -9 at every step, refusal cases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aica_backup.journal import CRASH_ENV
+from tests.support.app import SECRET, App, make_app
+
+CRASH_POINTS = [
+    "journal-saved",
+    *[f"swap-{i}-{what}" for i in range(6) for what in ("parked", "placed")],
+    "swapped",
+    "checked",
+    "committed",
+]
+
+
+def logical(db: Path) -> list[tuple[object, ...]]:
+    """The database's logical content (rows of every table), independent of file layout."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return [(t, *row) for t in sorted(tables) for row in conn.execute(f"SELECT * FROM {t}")]
+    finally:
+        conn.close()
+
+
+def fingerprint(app: App) -> dict[str, object]:
+    """Everything a restore must bring back: rows, uploads bytes, config bytes and mode."""
+    env = app.env
+    return {
+        "db": logical(app.db) if app.db.exists() else None,
+        "uploads": {k: hashlib.sha256(v).hexdigest() for k, v in app.uploads_tree().items()},
+        "dirs": sorted(
+            str(p.relative_to(app.uploads)) for p in app.uploads.rglob("*") if p.is_dir()
+        )
+        if app.uploads.exists()
+        else None,
+        "env": env.read_bytes() if env.exists() else None,
+        "env_mode": oct(env.stat().st_mode & 0o777) if env.exists() else None,
+    }
+
+
+def kill_writer_leaving_wal(db: Path, rows: int) -> None:
+    """Commit rows and die by SIGKILL before any checkpoint: the rows live only in the -wal."""
+    code = (
+        "import os, signal, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1])\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "c.executemany('INSERT INTO notes(body) VALUES (?)',"
+        f" [('wal-%d' % i,) for i in range({rows})])\n"
+        "c.commit()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(db)], check=False)
+    assert proc.returncode == -9
+    assert (db.parent / (db.name + "-wal")).stat().st_size > 0
+
+
+def make_state_b(app: App) -> None:
+    """Rows added, uploads added, changed and deleted, config edited, a stale WAL left."""
+    app.add_rows(25, prefix="state-b")
+    (app.uploads / "new-in-b.bin").write_bytes(os.urandom(5000))
+    (app.uploads / "avatars" / "alice.png").write_bytes(b"changed in B")
+    (app.uploads / "docs" / "nested" / "deep" / "data.json").unlink()
+    app.env.write_text("API_SECRET=rotated-in-state-b\n")
+    app.env.chmod(0o600)
+    kill_writer_leaving_wal(app.db, 10)
+
+
+@pytest.fixture
+def ab(app: App) -> tuple[App, Path, dict[str, object], dict[str, object]]:
+    """An app with backup of state A, then moved on to state B."""
+    app.run("backup")
+    state_a = fingerprint(app)
+    archive = app.archives()[-1]
+    make_state_b(app)
+    state_b = fingerprint(app)
+    assert state_a != state_b
+    return app, archive, state_a, state_b
+
+
+def test_round_trip_and_undo(ab: tuple[App, Path, dict[str, object], dict[str, object]]) -> None:
+    app, archive, state_a, state_b = ab
+    proc = app.run("restore", str(archive), "--yes", "--json")
+    report = json.loads(proc.stdout)
+    # No stale -wal/-shm beside the restored file (checked before anything opens it).
+    assert not (app.db.parent / "aica_sys.db-wal").exists()
+    assert not (app.db.parent / "aica_sys.db-shm").exists()
+    assert fingerprint(app) == state_a
+    assert not (app.root / ".aica-restore").exists()
+    safety = report["safety_backup"]
+    assert safety.startswith("pre-restore_")
+    assert "restore" in report["undo_command"] and safety in report["undo_command"]
+    assert SECRET not in proc.stdout + proc.stderr
+
+    # The safety backup brings back B, WAL-only rows included.
+    app.run("restore", str(app.backups / safety), "--yes")
+    assert fingerprint(app) == state_b
+
+
+def test_restore_latest_by_default_through_the_script(app: App, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    app.run("backup")
+    state_a = fingerprint(app)
+    make_state_b(app)
+    (app.root / "scripts").mkdir()
+    for name in ("restore.sh", "backup.sh", "_aica.sh"):
+        (app.root / "scripts" / name).write_bytes((repo / "scripts" / name).read_bytes())
+        (app.root / "scripts" / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["./scripts/restore.sh", "--yes"],
+        cwd=app.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert fingerprint(app) == state_a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_at_every_step_leaves_a_or_b(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]], point: str
+) -> None:
+    app, archive, state_a, state_b = ab
+    env = {**os.environ, CRASH_ENV: point}
+    proc = app.run("restore", str(archive), "--yes", check=False, env=env)
+    assert proc.returncode == -9, proc.stderr
+    # The next command, whatever it is, finishes or rolls back the interrupted restore.
+    nxt = app.run("list")
+    assert "interrupted restore" in nxt.stderr
+    now = fingerprint(app)
+    expected = state_a if point == "committed" else state_b
+    assert now == expected, f"crash at {point} left a mix"
+    assert not (app.root / ".aica-restore").exists()
+    conn = sqlite3.connect(app.db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_recover_command_with_nothing_to_do(app: App) -> None:
+    proc = app.run("recover")
+    assert "Nothing to recover" in proc.stdout
+
+
+def test_no_terminal_without_yes_changes_nothing(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    app, archive, _, state_b = ab
+    proc = app.run("restore", str(archive), check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 8
+    assert "--yes" in proc.stderr
+    assert fingerprint(app) == state_b
+    assert not app.archives("pre-restore_*")
+
+
+def _restore_on_a_terminal(app: App, archive: Path, answer: bytes | None) -> tuple[int, str]:
+    """Run restore with a pseudo-terminal; type ``answer`` at the prompt (None: close = EOF)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "restore", str(archive)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[yes/no]" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            seen += os.read(master, 4096)
+    assert b"[yes/no]" in seen, seen.decode(errors="replace")
+    if answer is None:
+        os.write(master, b"\x04")  # Ctrl-D: EOF at the prompt
+    else:
+        os.write(master, answer)
+    code = proc.wait(timeout=60)
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                break
+            seen += os.read(master, 4096)
+    except OSError:
+        pass
+    os.close(master)
+    return code, seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("answer", [b"no\n", None], ids=["no", "eof"])
+def test_no_or_eof_at_the_prompt_changes_nothing(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]], answer: bytes | None
+) -> None:
+    app, archive, _, state_b = ab
+    code, _screen = _restore_on_a_terminal(app, archive, answer)
+    assert code == 8
+    assert fingerprint(app) == state_b
+    assert not app.archives("pre-restore_*")
+
+
+def test_yes_at_the_prompt_restores(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    app, archive, state_a, _ = ab
+    code, screen = _restore_on_a_terminal(app, archive, b"yes\n")
+    assert code == 0, screen
+    assert fingerprint(app) == state_a
+
+
+def test_dry_run_changes_nothing(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    app, archive, _, state_b = ab
+    proc = app.run("restore", str(archive), "--dry-run", "--json")
+    report = json.loads(proc.stdout)
+    uploads = next(c for c in report["changes"] if c["component"] == "uploads")
+    assert uploads["added"] == 1 and uploads["removed"] == 1 and uploads["changed"] >= 1
+    assert fingerprint(app) == state_b
+    assert not app.archives("pre-restore_*")
+    assert not (app.root / ".aica-restore").exists()
+
+
+def test_only_uploads(ab: tuple[App, Path, dict[str, object], dict[str, object]]) -> None:
+    app, archive, state_a, state_b = ab
+    app.run("restore", str(archive), "--yes", "--only", "uploads")
+    now = fingerprint(app)
+    assert now["uploads"] == state_a["uploads"]
+    assert now["db"] == state_b["db"]
+    assert now["env"] == state_b["env"]
+
+
+def test_target_restores_elsewhere(app: App, tmp_path: Path) -> None:
+    app.run("backup")
+    state = fingerprint(app)
+    target = tmp_path / "test_restore"
+    app.run("restore", "--yes", "--target", str(target))
+    assert fingerprint(App(target)) == state
+    assert fingerprint(app) == state  # the live app untouched
+
+
+def test_hostile_archive_is_refused_before_any_change(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]], tmp_path: Path
+) -> None:
+    app, archive, _, state_b = ab
+    # Flip one byte of an upload inside the compressed stream: rebuild the archive with tar.
+    work = tmp_path / "x"
+    work.mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(work)], check=True)
+    (work / "public/uploads/avatars/alice.png").write_bytes(b"tampered")
+    bad = app.backups / "backup_20200101_000000.tar.gz"
+    members = ["backend", "public", ".env.production", "manifest.json"]  # manifest stays last
+    subprocess.run(["tar", "-czf", str(bad), "-C", str(work), *members], check=True)
+    proc = app.run("restore", str(bad), "--yes", check=False)
+    assert proc.returncode == 6
+    assert "alice.png" in proc.stderr
+    assert fingerprint(app) == state_b
+    assert not app.archives("pre-restore_*")
+    assert not (app.root / ".aica-restore").exists()
+
+
+def test_archive_of_another_app_is_refused(app: App, tmp_path: Path) -> None:
+    other = make_app(tmp_path / "other")
+    (other.root / "aica-backup.toml").write_text('app_name = "something-else"\n')
+    other.run("backup")
+    before = fingerprint(app)
+    proc = app.run("restore", str(other.archives()[-1]), "--yes", check=False)
+    assert proc.returncode == 6
+    assert "something-else" in proc.stderr
+    assert fingerprint(app) == before
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+
+
+def test_safety_backup_impossible_changes_nothing(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]], tmp_path: Path
+) -> None:
+    app, archive, _, state_b = ab
+    full = tmp_path / "full-backups"
+    _mount_tmpfs(full, "1m")
+    try:
+        (app.root / "aica-backup.toml").write_text(f'[paths]\nbackups = "{full}"\n')
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # fill the file system to the brim
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        proc = app.run("restore", str(archive), "--yes", check=False)
+        assert proc.returncode == 7, proc.stderr
+        assert "safety backup" in proc.stderr
+        assert fingerprint(app) == state_b
+        assert not (app.root / ".aica-restore").exists()
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+def test_read_only_destination_fails_before_any_change(app: App, tmp_path: Path) -> None:
+    app.run("backup")
+    archive = app.archives()[-1]
+    dest = tmp_path / "ro-root"
+    _mount_tmpfs(dest, "16m")
+    try:
+        make_app(dest)
+        before = fingerprint(App(dest))
+        subprocess.run(["mount", "-o", "remount,ro", str(dest)], check=True)
+        proc = app.run("restore", str(archive), "--yes", "--target", str(dest), check=False)
+        assert proc.returncode == 7, proc.stderr
+        assert "read-only" in proc.stderr.lower() or "cannot write" in proc.stderr
+        assert fingerprint(App(dest)) == before
+    finally:
+        subprocess.run(["umount", str(dest)], check=False)
+
+
+def test_restore_refuses_while_a_process_holds_the_database(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    app, archive, _, state_b = ab
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM notes').fetchall()\n"
+            "print('ready', flush=True); time.sleep(60)\n",
+            str(app.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        proc = app.run("restore", str(archive), "--yes", check=False)
+        assert proc.returncode == 9
+        assert f"pid {holder.pid}" in proc.stderr
+        assert fingerprint(app) == state_b
+    finally:
+        holder.kill()
+        holder.wait()
