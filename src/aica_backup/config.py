@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -205,8 +205,9 @@ def _known_keys() -> dict[str, tuple[str, ...]]:
         sub = f.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             for key, kf in sub.model_fields.items():
-                if isinstance(kf.annotation, type) and issubclass(kf.annotation, BaseModel):
-                    continue
+                kinds = get_args(kf.annotation) or (kf.annotation,)
+                if any(isinstance(k, type) and issubclass(k, BaseModel) for k in kinds):
+                    continue  # a nested table ([offsite.retention]) is set in the file only
                 keys[f"{ENV_PREFIX}{name}_{key}".upper()] = (name, key)
         else:
             keys[f"{ENV_PREFIX}{name}".upper()] = (name,)

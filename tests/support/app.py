@@ -48,8 +48,11 @@ class App:
         return sorted(self.backups.glob(pattern))
 
     def rows(self) -> list[tuple[object, ...]]:
-        with sqlite3.connect(self.db) as conn:
+        conn = sqlite3.connect(self.db)  # closed explicitly: `with` only commits
+        try:
             return conn.execute("SELECT id, body FROM notes ORDER BY id").fetchall()
+        finally:
+            conn.close()
 
     def add_rows(self, n: int, prefix: str = "row") -> None:
         conn = sqlite3.connect(self.db)

@@ -1,0 +1,177 @@
+"""``doctor``: the guide's troubleshooting table, automated — and never destructive.
+
+Each check yields a :class:`Finding`: a one-line diagnosis and the fix. With ``fix=True`` only
+safe fixes are applied: permissions are tightened, and a stale ``-wal``/``-shm`` left by a dead
+writer is folded back into the database by SQLite itself (open, checkpoint, close) — never
+deleted, since a WAL file can hold committed transactions. A missing or damaged database is
+only diagnosed: recreating or restoring it is the operator's decision.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .appctl import database_files, describe
+from .catalog import Catalog
+from .holders import find_holders
+from .layout import Layout
+from .snapshot import connect_existing, open_snapshot
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"  # shown, but does not make the exit code non-zero
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str  # "error", "warning" or "info"
+    diagnosis: str
+    fix: str
+    fixed: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def check_backups(layout: Layout, max_age_hours: float) -> list[Finding]:
+    catalog = Catalog(layout.backups_dir)
+    entries = [catalog.entry(n, read_missing=False) for n in catalog.names(("backup",))]
+    if not entries:
+        return [Finding("no-backups", ERROR, f"no backups in {layout.backups_dir}",
+                        "make one now: ./scripts/backup.sh (and schedule it: "
+                        "aica-backup schedule cron)")]
+    findings: list[Finding] = []
+    newest = entries[0]
+    age = (datetime.now(UTC) - newest.local_time).total_seconds() / 3600
+    if age > max_age_hours:
+        findings.append(Finding("backup-too-old", WARNING,
+                                f"newest backup {newest.name} is {age:.0f} h old "
+                                f"(limit {max_age_hours:.0f} h)",
+                                "check the schedule (cron, systemd timer or CI) and its log"))
+    if newest.failed:
+        findings.append(Finding("backup-failed-verify", ERROR,
+                                f"newest backup {newest.name} failed verification",
+                                "run ./scripts/backup.sh --verify, then aica-backup verify --all"))
+    return findings
+
+
+def check_database(layout: Layout, fix: bool) -> list[Finding]:
+    db = layout.database_path
+    init = "cd backend && python3 -c \"from database import init_db; init_db()\""
+    if not db.exists():
+        if layout.database_optional:
+            return []
+        return [Finding("database-missing", ERROR, f"database not found: {db}",
+                        f"restore the newest backup (./scripts/restore.sh) or start fresh: {init}")]
+    findings: list[Finding] = []
+    holders = find_holders(database_files(db))
+    wal = db.with_name(db.name + "-wal")
+    shm = db.with_name(db.name + "-shm")
+    stale = (wal.exists() or shm.exists()) and not holders  # looked at before anything opens it
+    if holders:
+        findings.append(Finding("database-in-use", INFO, f"database open in {describe(holders)}",
+                                "nothing to do while the app runs; stop it before a restore"))
+        if _write_locked(db):
+            return findings + [Finding(
+                "database-locked", ERROR, f"database is locked, held by {describe(holders)}",
+                "stop that process cleanly (do not delete -wal/-shm files: they can hold "
+                "committed data), then run aica-backup doctor --fix")]
+    try:
+        # Without holders or a WAL, read immutably: opening must not create -wal/-shm files.
+        opener = connect_existing(db, readonly=True) if holders or stale else open_snapshot(db)
+        with opener as conn:
+            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+            result = "; ".join(str(r[0]) for r in conn.execute("PRAGMA quick_check(5)"))
+    except sqlite3.DatabaseError as exc:
+        return [Finding("database-unreadable", ERROR, f"database cannot be opened: {exc}",
+                        f"restore the newest good backup: ./scripts/restore.sh (or {init})")]
+    if result != "ok":
+        findings.append(Finding("database-corrupt", ERROR, f"database failed quick_check: {result}",
+                                "restore the newest good backup: ./scripts/restore.sh"))
+    if stale:
+        size = wal.stat().st_size if wal.exists() else 0
+        finding = Finding("stale-wal", WARNING,
+                          f"{wal.name}/{shm.name} left by a process that ended ({size:,} bytes "
+                          "of write-ahead log, possibly committed data)",
+                          "aica-backup doctor --fix folds it into the database safely "
+                          "(never rm it)")
+        if fix:
+            finding.fixed = _checkpoint(db)
+        findings.append(finding)
+    if mode == "delete" and _header_mode(db) != "wal":
+        findings.append(Finding("not-wal", WARNING,
+                                "database is not in WAL mode: writers and backups block each other",
+                                "cd backend && python3 ../scripts/sqlite-optimization.py"))
+    return findings
+
+
+def _write_locked(db: Path) -> bool:
+    """True if another connection holds the write lock beyond a short wait."""
+    conn = sqlite3.connect(db, timeout=1)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        return "locked" in str(exc) or "busy" in str(exc)
+    finally:
+        conn.close()
+
+
+def _header_mode(db: Path) -> str:
+    """Journal mode from the file header (bytes 18-19 are 2 in WAL mode): immutable reads say
+    'delete' for every database, so the header is the truth."""
+    with open(db, "rb") as fh:
+        header = fh.read(20)
+    return "wal" if header[18:20] == b"\x02\x02" else "rollback"
+
+
+def _checkpoint(db: Path) -> bool:
+    """Let SQLite replay and remove a stale WAL: open read-write, checkpoint, close."""
+    if find_holders(database_files(db)):
+        return False  # someone opened it meanwhile: their WAL is not stale any more
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()  # the last connection closing removes -wal and -shm
+    return not db.with_name(db.name + "-wal").exists()
+
+
+def check_permissions(layout: Layout, fix: bool) -> list[Finding]:
+    findings: list[Finding] = []
+    wanted: list[tuple[Path, int]] = []
+    if layout.backups_dir.is_dir():
+        wanted.append((layout.backups_dir, 0o700))
+        wanted += [(p, 0o600) for p in layout.backups_dir.iterdir() if p.is_file()]
+    if layout.config_path.is_file():
+        wanted.append((layout.config_path, 0o600))
+    for path, mode in wanted:
+        current = _mode(path)
+        if current & 0o077:
+            finding = Finding("permissions", ERROR,
+                              f"{path} is readable by others (mode {current:o}, want {mode:o})",
+                              f"chmod {mode:o} {path} (or aica-backup doctor --fix)")
+            if fix:
+                path.chmod(mode)
+                finding.fixed = True
+            findings.append(finding)
+    return findings
+
+
+def diagnose(layout: Layout, *, max_age_hours: float = 26, fix: bool = False) -> list[Finding]:
+    """Every finding for this app, fixing the safe ones when asked."""
+    return (
+        check_database(layout, fix)
+        + check_backups(layout, max_age_hours)
+        + check_permissions(layout, fix)
+    )
