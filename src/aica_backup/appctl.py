@@ -9,6 +9,7 @@ command, waits until the files are free, restores, runs the start command and ch
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,18 +42,23 @@ def refuse_if_held(db: Path) -> None:
 
 
 def run_command(command: str, what: str, timeout: float = 120) -> None:
-    """Run an operator-configured shell command; BusyError if it fails."""
-    try:
-        proc = subprocess.run(  # noqa: S602 - the operator's own command line, from config
-            command, shell=True, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise BusyError(
-            f"{what} command did not finish within {timeout:.0f} s: {command}"
-        ) from None
+    """Run an operator-configured shell command; BusyError if it fails.
+
+    Output goes to a temp file, not a pipe: a start command that launches a server in the
+    background would hold a pipe open and hang us until the timeout.
+    """
+    with tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.run(  # noqa: S602 - the operator's own command line, from config
+                command, shell=True, stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT, timeout=timeout, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BusyError(f"{what} command did not finish within {timeout:.0f} s") from None
+        output.seek(0)
+        lines = output.read().decode(errors="replace").strip().splitlines()
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        last = f": {detail[-1]}" if detail else ""
+        last = f": {lines[-1]}" if lines else ""
         raise BusyError(f"{what} command failed with exit code {proc.returncode}{last}")
 
 

@@ -78,7 +78,7 @@ def _root(
 ) -> None:
     """Backup and recovery for the AICA-SyS app: database, uploads and config."""
     ctx.obj = Globals(root=root.absolute(), config_file=config_file)
-    if ctx.invoked_subcommand not in (None, "recover", "demo", "keygen"):
+    if ctx.invoked_subcommand not in (None, "recover", "demo", "keygen", "schedule"):
         recover.finish_interrupted_restore(ctx)
 
 

@@ -1,0 +1,328 @@
+"""Schedules: the guide's cron lines (printed, merged, installed with the real crontab) and the
+systemd service + timer (checked by the real systemd-analyze where it exists)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aica_backup import schedule
+from aica_backup.errors import UsageError
+from tests.support.app import App
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ROOT = "/path/to/aica-sys"
+# Verbatim from the guide's 自動化 > Cron設定 section.
+GUIDE_LINES = [
+    "0 3 * * * cd /path/to/aica-sys && ./scripts/backup.sh >> /var/log/aica-sys-backup.log 2>&1",
+    "0 2 * * 0 cd /path/to/aica-sys && ./scripts/backup.sh >> /var/log/aica-sys-backup.log 2>&1",
+]
+CRONTAB = shutil.which("crontab")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def with_backup_script(app: App, body: str = "exit 0") -> None:
+    script = app.root / "scripts" / "backup.sh"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+
+
+# -- the lines ---------------------------------------------------------------------------------
+
+
+def test_lines_are_the_guides() -> None:
+    assert schedule.cron_lines(Path(SAMPLE_ROOT)) == GUIDE_LINES
+
+
+def test_command_prints_the_guide_lines_for_this_app(app: App) -> None:
+    with_backup_script(app)
+    proc = app.run("schedule", "cron")
+    expected = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
+    assert proc.stdout.splitlines() == expected
+    assert "backup.sh" not in proc.stderr
+
+
+def test_command_warns_outside_an_app_root(app: App) -> None:
+    proc = app.run("schedule", "cron")
+    assert "scripts/backup.sh is missing or not executable" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 2
+
+
+def test_log_option_is_made_absolute(app: App, tmp_path: Path) -> None:
+    with_backup_script(app)
+    proc = app.run("schedule", "cron", "--log", "logs/backup.log", cwd=tmp_path)
+    for line in proc.stdout.splitlines():
+        assert line.endswith(f">> {tmp_path}/logs/backup.log 2>&1")
+
+
+def test_odd_paths_survive_cron_and_the_shell(tmp_path: Path) -> None:
+    root = tmp_path / "my app 100%"
+    app = App(root)
+    root.mkdir()
+    with_backup_script(app, 'echo "ran in $PWD"')
+    log = tmp_path / "log dir" / "backup 'log'.txt"
+    log.parent.mkdir()
+    line = schedule.cron_lines(root, log)[0]
+    command = line.split(" ", 5)[5]
+    # cron turns an unescaped % into a line break and unescapes \% before running sh -c.
+    assert re.search(r"(?<!\\)%", command) is None
+    subprocess.run(["sh", "-c", command.replace("\\%", "%")], check=True, cwd=tmp_path)
+    assert log.read_text() == f"ran in {root}\n"
+
+
+@pytest.mark.parametrize("root", ["relative/app", "/srv/app\nrm -rf /"])
+def test_unusable_paths_are_refused(root: str) -> None:
+    with pytest.raises(UsageError):
+        schedule.cron_lines(Path(root))
+
+
+def test_sample_cron_file_has_the_guide_lines() -> None:
+    text = (REPO / "deploy" / "cron" / "aica-backup.cron").read_text()
+    jobs = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert jobs == GUIDE_LINES
+
+
+# -- merging into a crontab --------------------------------------------------------------------
+
+LINES = schedule.cron_lines(Path("/srv/aica-sys"))
+BLOCK = "\n".join(schedule.cron_block(LINES))
+
+
+def test_merge_into_an_empty_crontab() -> None:
+    merged = schedule.merge_block("", LINES)
+    assert merged == BLOCK + "\n"
+    assert merged.splitlines()[0] == "# BEGIN aica-backup"
+    assert merged.splitlines()[-1] == "# END aica-backup"
+    assert schedule.merge_block(merged, LINES) == merged
+
+
+def test_merge_keeps_the_users_lines_and_is_idempotent() -> None:
+    mine = "MAILTO=ops@example.com\n# my jobs\n*/5 * * * * /usr/local/bin/poll\n"
+    merged = schedule.merge_block(mine, LINES)
+    assert merged == mine + "\n" + BLOCK + "\n"
+    assert schedule.merge_block(merged, LINES) == merged
+    assert schedule.remove_block(merged) == mine
+
+
+def test_merge_replaces_the_block_in_place() -> None:
+    begin, end = schedule.BEGIN_MARKER, schedule.END_MARKER
+    text = f"SHELL=/bin/bash\n{begin}\nold line\n{end}\n@reboot me\n"
+    merged = schedule.merge_block(text, LINES)
+    assert merged == f"SHELL=/bin/bash\n{BLOCK}\n@reboot me\n"
+    assert "old line" not in merged
+
+
+def test_merge_without_a_final_newline() -> None:
+    merged = schedule.merge_block("@daily job", LINES)
+    assert merged.startswith("@daily job\n\n# BEGIN aica-backup\n")
+    assert merged.endswith("\n")
+
+
+def test_removing_a_missing_block_changes_nothing() -> None:
+    assert schedule.remove_block("@daily job\n\n") == "@daily job\n\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# BEGIN aica-backup\n0 3 * * * mine\n",  # no end: guessing could delete the user's job
+        "0 3 * * * mine\n# END aica-backup\n",
+        "# BEGIN aica-backup\n# BEGIN aica-backup\n# END aica-backup\n",
+    ],
+)
+def test_broken_markers_are_refused_not_guessed(text: str) -> None:
+    with pytest.raises(UsageError):
+        schedule.merge_block(text, LINES)
+    with pytest.raises(UsageError):
+        schedule.remove_block(text)
+
+
+# Anything but a line break, \r and U+2028 included: a crontab line ends only at "\n".
+user_line = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=40
+).filter(lambda s: s.strip() not in (schedule.BEGIN_MARKER, schedule.END_MARKER))
+
+
+@given(st.lists(user_line, max_size=12))
+def test_merge_never_drops_or_reorders_a_user_line(lines: list[str]) -> None:
+    text = "".join(f"{line}\n" for line in lines)
+    merged = schedule.merge_block(text, LINES)
+    assert schedule.merge_block(merged, LINES) == merged
+    outside = [line for line in schedule.remove_block(merged).split("\n") if line.strip()]
+    assert outside == [line for line in lines if line.strip()]
+    assert merged.count(schedule.BEGIN_MARKER) == 1
+
+
+# -- the real crontab --------------------------------------------------------------------------
+
+
+def crontab_text() -> str | None:
+    assert CRONTAB is not None
+    proc = subprocess.run([CRONTAB, "-l"], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def set_crontab(text: str | None) -> None:
+    assert CRONTAB is not None
+    if text is None:
+        subprocess.run([CRONTAB, "-r"], capture_output=True)
+    else:
+        subprocess.run([CRONTAB, "-"], input=text, text=True, check=True)
+
+
+@pytest.fixture
+def user_crontab() -> Iterator[None]:
+    """Save this user's crontab and put it back afterwards, whatever the test did."""
+    if CRONTAB is None:
+        pytest.skip("the crontab command is not installed here (Debian: apt-get install cron)")
+    original = crontab_text()
+    try:
+        yield
+    finally:
+        set_crontab(original)
+
+
+def test_install_and_remove_with_the_real_crontab(app: App, user_crontab: None) -> None:
+    with_backup_script(app)
+    mine = "# my own jobs\n*/10 * * * * /usr/bin/true\n"
+    set_crontab(mine)
+    first = app.run("schedule", "cron", "--install")
+    assert "Installed in your crontab" in first.stderr
+    again = app.run("schedule", "cron", "--install")
+    assert "already has these lines" in again.stderr
+    installed = crontab_text()
+    assert installed is not None
+    assert installed.startswith(mine)
+    assert installed.count(schedule.BEGIN_MARKER) == 1
+    expected = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
+    assert [line for line in installed.splitlines() if line.startswith("0 ")] == expected
+    assert "Removed" in app.run("schedule", "cron", "--remove").stdout
+    assert crontab_text() == mine
+
+
+def test_missing_crontab_is_a_clear_error(app: App, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    proc = app.run("schedule", "cron", "--install", check=False,
+                   env={"PATH": str(empty), "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "the crontab command is not installed" in proc.stderr
+    assert "apt-get install cron" in proc.stderr
+
+
+# -- systemd -----------------------------------------------------------------------------------
+
+UNITS = REPO / "deploy" / "systemd"
+
+
+def unit(name: str) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a unit file as (key, value) lists (keys like OnCalendar may repeat)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for raw in (UNITS / name).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), [])
+        else:
+            key, _, value = line.partition("=")
+            current.append((key, value))
+    return sections
+
+
+def values(section: list[tuple[str, str]], key: str) -> list[str]:
+    return [v for k, v in section if k == key]
+
+
+def test_service_runs_the_backup_script_hardened() -> None:
+    service = unit("aica-backup.service")["Service"]
+    one = {k: v for k, v in service}
+    assert one["Type"] == "oneshot"
+    assert one["WorkingDirectory"] == SAMPLE_ROOT
+    assert one["ExecStart"] == f"{SAMPLE_ROOT}/scripts/backup.sh --verify"
+    assert one["IOSchedulingClass"] == "idle" and int(one["Nice"]) > 0
+    assert one["ProtectSystem"] == "strict"
+    assert one["ReadWritePaths"] == SAMPLE_ROOT
+    assert one["PrivateTmp"] == "true" and one["NoNewPrivileges"] == "true"
+    assert one["UMask"] == "0077"
+
+
+def test_timer_keeps_the_guides_schedule() -> None:
+    sections = unit("aica-backup.timer")
+    timer = sections["Timer"]
+    assert values(timer, "OnCalendar") == ["*-*-* 03:00:00", "Sun *-*-* 02:00:00"]
+    assert values(timer, "Persistent") == ["true"]
+    assert values(timer, "RandomizedDelaySec") == ["5min"]
+    assert values(timer, "Unit") == ["aica-backup.service"]
+    assert values(sections["Install"], "WantedBy") == ["timers.target"]
+
+
+def installed_units(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
+    """The units with a real app root (systemd-analyze checks ExecStart exists)."""
+    app = App(tmp_path / "aica-sys")
+    app.root.mkdir()
+    with_backup_script(app)
+    out = tmp_path / "units"
+    out.mkdir()
+    for name in ("aica-backup.service", "aica-backup.timer"):
+        text = (UNITS / name).read_text().replace(SAMPLE_ROOT, str(app.root))
+        if name.endswith(".service"):
+            text += extra
+        (out / name).write_text(text)
+    return out / "aica-backup.service", out / "aica-backup.timer"
+
+
+def analyze_verify(*units: Path) -> subprocess.CompletedProcess[str]:
+    assert SYSTEMD_ANALYZE is not None
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+
+
+def complaints(proc: subprocess.CompletedProcess[str], folder: Path) -> list[str]:
+    """Problems systemd-analyze reports about our units (not about the host's own units)."""
+    text = proc.stdout + proc.stderr
+    return [line for line in text.splitlines() if str(folder) in line or "aica-backup" in line]
+
+
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here (no systemd)"
+)
+
+
+@needs_systemd_analyze
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    service, timer = installed_units(tmp_path)
+    proc = analyze_verify(service, timer)
+    assert proc.returncode == 0, proc.stderr
+    assert complaints(proc, service.parent) == []
+
+
+@needs_systemd_analyze
+def test_systemd_analyze_verify_does_catch_mistakes(tmp_path: Path) -> None:
+    service, timer = installed_units(tmp_path, extra="ProtectSytem=strict\n")
+    proc = analyze_verify(service, timer)
+    assert any("ProtectSytem" in line for line in complaints(proc, service.parent))
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize(("spec", "when"), [("*-*-* 03:00:00", " 03:00:00 "),
+                                            ("Sun *-*-* 02:00:00", "Sun ")])
+def test_timer_calendars_parse(spec: str, when: str) -> None:
+    assert SYSTEMD_ANALYZE is not None
+    proc = subprocess.run([SYSTEMD_ANALYZE, "calendar", spec], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Normalized form: {spec}" in proc.stdout
+    next_elapse = next(line for line in proc.stdout.splitlines() if "Next elapse:" in line)
+    assert when in next_elapse
