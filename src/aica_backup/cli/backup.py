@@ -173,7 +173,7 @@ def command(
         out.print(f"Removed by retention: {name}", markup=False)
     for copy in report.get("offsite", []):
         if copy["ok"]:
-            out.print(f"Offsite copy verified: {copy['target']}/{result.name}", markup=False)
+            out.print(f"Offsite copy verified: {copy['target']} {copy['name']}", markup=False)
     for w in report["warnings"]:
         warn(w)
     if code != ExitCode.OK:

@@ -1,0 +1,1 @@
+"""Tests of the offsite storage backends (one conformance suite for all of them)."""
