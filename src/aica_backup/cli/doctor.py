@@ -24,13 +24,14 @@ def command(
     open_ = [f for f in findings if not f.fixed and f.severity != INFO]
     if json_out:
         emit_json({"ok": not open_, "findings": [f.to_dict() for f in findings]})
-    elif not open_:
-        out.print("All checks passed: backups fresh, database healthy, permissions private.")
-    for f in [] if json_out else findings:
-        mark = "fixed" if f.fixed else f.severity.upper()
-        out.print(f"[{mark}] {f.diagnosis}", markup=False)
-        if not f.fixed:
-            out.print(f"        fix: {f.fix}", markup=False)
+    else:
+        for f in findings:
+            mark = "fixed" if f.fixed else f.severity.upper()
+            out.print(f"[{mark}] {f.diagnosis}", markup=False)
+            if not f.fixed and f.severity != INFO:
+                out.print(f"        fix: {f.fix}", markup=False)
+        if not open_:
+            out.print("All checks passed: backups fresh, database healthy, permissions private.")
     if any(f.severity == ERROR for f in open_):
         return int(ExitCode.ERROR)
     return int(ExitCode.WARNING if open_ else ExitCode.OK)

@@ -1,0 +1,114 @@
+"""docs/backup-guide.ja.md: every ```bash block runs, in order, as an operator would type it.
+
+The blocks run with ``bash -e`` in a throw-away app root holding the repository's scripts,
+Makefile and backend, on a pseudo-terminal so the guided restore asks its questions; the test
+answers like an operator (Enter for the newest backup, "yes" to confirm). Port 8000 is
+replaced by a free port, and the backend the guide starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.backend import free_port, install_backend
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "backup-guide.ja.md"
+ANSWERS = {b"Restore which backup?": b"\n", b"[yes/no]": b"yes\n"}
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+
+
+def run_on_terminal(script: str, cwd: Path, env: dict[str, str], timeout: float = 180) -> tuple[int, str]:
+    """Run ``script`` with ``bash -e`` on a pty, answering the restore prompts.
+
+    The script goes through a file, not ``bash -c``, so that its text is not in the command
+    line (where ``pkill -f`` in the guide would find it, as it never would in a terminal).
+    """
+    path = cwd.parent / f"block-{time.monotonic_ns()}.sh"
+    path.write_text(script)
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.chdir(cwd)
+        os.execve("/bin/bash", ["bash", "-e", str(path)], env)
+    seen = b""
+    answered = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+            pending = seen[answered:]
+            for prompt, answer in ANSWERS.items():
+                at = pending.find(prompt)
+                if at >= 0:
+                    os.write(fd, answer)
+                    answered += at + len(prompt)
+                    pending = seen[answered:]
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done and not select.select([fd], [], [], 0.2)[0]:
+            break
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"timed out:\n{seen.decode(errors='replace')}")
+    _, status = os.waitpid(pid, 0) if not done else (pid, status)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    blocks = bash_blocks(text)
+    assert len(blocks) >= 15
+    app = install_backend(tmp_path / "aica-sys", rows=50)
+    for name in ("scripts", "Makefile"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, app.root / name)
+        else:
+            shutil.copy2(src, app.root / name)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AICA_")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "TERM": "dumb",
+        "COLUMNS": "120",
+    }
+    try:
+        for i, block in enumerate(blocks):
+            script = block.replace("8000", str(port)).replace(
+                'pkill -f "uvicorn main:app"', f'pkill -f "uvicorn main:app --port {port}"'
+            )
+            code, output = run_on_terminal(script, app.root, env)
+            assert code == 0, f"block {i + 1} failed ({code}):\n{block}\n--- output ---\n{output}"
+            if "PRAGMA integrity_check" in block:
+                assert "ok" in output
+            if "/health" in block:
+                assert '"status"' in output
+        backups = sorted(p.name for p in (app.root / "backups").glob("backup_*.tar.gz"))
+        assert len(backups) >= 3
+        assert list((app.root / "backups").glob("pre-restore_*.tar.gz"))
+    finally:
+        subprocess.run(["pkill", "-f", f"[u]vicorn main:app --port {port}"], check=False)
