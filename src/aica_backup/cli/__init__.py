@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from .. import __version__
@@ -107,16 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     except AicaBackupError as exc:
         _report(exc, json_mode)
         sys.exit(int(exc.exit_code))
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aica-backup: interrupted", markup=False)
         sys.exit(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
-        err.print("aica-backup: interrupted", markup=False)
-        sys.exit(ExitCode.INTERRUPTED)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # bad flag or argument: Typer's own usage errors
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"aica-backup: error: {exc}", markup=False)
         sys.exit(ExitCode.USAGE)
     except OSError as exc:  # a file-system error no layer below anticipated
         _report(storage_error("file system error", exc), json_mode)
