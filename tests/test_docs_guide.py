@@ -34,7 +34,9 @@ def bash_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
 
 
-def run_on_terminal(script: str, cwd: Path, env: dict[str, str], timeout: float = 180) -> tuple[int, str]:
+def run_on_terminal(
+    script: str, cwd: Path, env: dict[str, str], timeout: float = 180
+) -> tuple[int, str]:
     """Run ``script`` with ``bash -e`` on a pty, answering the restore prompts.
 
     The script goes through a file, not ``bash -c``, so that its text is not in the command
@@ -45,7 +47,7 @@ def run_on_terminal(script: str, cwd: Path, env: dict[str, str], timeout: float 
     pid, fd = pty.fork()
     if pid == 0:  # child
         os.chdir(cwd)
-        os.execve("/bin/bash", ["bash", "-e", str(path)], env)
+        os.execve("/bin/bash", ["bash", "-e", str(path)], env)  # noqa: S606 - fixed program
     seen = b""
     answered = 0
     deadline = time.monotonic() + timeout

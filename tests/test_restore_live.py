@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -55,6 +57,19 @@ def _wait_health(url: str, timeout: float = 30) -> httpx.Response:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _started(app: App, start: str) -> Iterator[None]:
+    """Start the backend with the operator's start command; stop whatever runs at the end."""
+    subprocess.run(["bash", "-c", start], check=True)
+    try:
+        yield
+    finally:
+        pid_file = app.root / "backend.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
 def test_stop_restore_start_and_serve_the_restored_data(backend_app: App) -> None:
     app = backend_app
     port = free_port()
@@ -67,8 +82,7 @@ def test_stop_restore_start_and_serve_the_restored_data(backend_app: App) -> Non
         f'health_url = "{base}/health"\n'
         "health_timeout = 30\n"
     )
-    subprocess.run(start, shell=True, check=True)
-    try:
+    with _started(app, start):
         _wait_health(f"{base}/health")
         first = httpx.post(f"{base}/api/notes", json={"title": "A", "body": "in state A"}).json()
         app.run("backup")
@@ -87,13 +101,6 @@ def test_stop_restore_start_and_serve_the_restored_data(backend_app: App) -> Non
         # The restored backend writes to the restored file, not an orphan.
         third = httpx.post(f"{base}/api/notes", json={"title": "C", "body": "new"}).json()
         assert third["id"] == later["id"]  # the restored sequence continues from state A
-    finally:
-        pid_file = app.root / "backend.pid"
-        if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def test_health_failure_after_restore_rolls_back(backend_app: App, tmp_path: Path) -> None:
@@ -107,8 +114,7 @@ def test_health_failure_after_restore_rolls_back(backend_app: App, tmp_path: Pat
         f'health_url = "http://127.0.0.1:{port}/no-such-endpoint"\n'
         "health_timeout = 5\n"
     )
-    subprocess.run(start, shell=True, check=True)
-    try:
+    with _started(app, start):
         _wait_health(f"http://127.0.0.1:{port}/health")
         app.run("backup")
         note = httpx.post(f"http://127.0.0.1:{port}/api/notes",
@@ -118,10 +124,3 @@ def test_health_failure_after_restore_rolls_back(backend_app: App, tmp_path: Pat
         assert "rolled back" in proc.stderr
         _wait_health(f"http://127.0.0.1:{port}/health")
         assert httpx.get(f"http://127.0.0.1:{port}/api/notes/{note['id']}").status_code == 200
-    finally:
-        pid_file = app.root / "backend.pid"
-        if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except ProcessLookupError:
-                pass

@@ -191,8 +191,10 @@ def create_archive(
                     progress(done, total, "archiving")
 
             t0 = time.perf_counter()
-            with _output(tmp, options) as (stream, hasher):
-                writer = ArchiveWriter(stream, advance)
+            # on an error the writer is aborted, so nothing more is flushed at exit
+            with _output(tmp, options) as (stream, hasher), ArchiveWriter(
+                stream, advance
+            ) as writer:
                 if db_present:
                     db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
                     writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)
@@ -209,7 +211,7 @@ def create_archive(
                     if db_info.integrity not in ("ok", "skipped"):
                         raise DatabaseError(
                             f"database failed {db_info.check}: {db_info.integrity}",
-                            hint="the live database is damaged: restore the newest good backup",
+                            hint="the live database is damaged: restore the newest good archive",
                         )
                 manifest = _manifest(layout, options, now, writer, db_info, uploads, config_present)
                 writer.add_bytes(MANIFEST_NAME, manifest.to_json(), 0o600, now.timestamp())

@@ -9,6 +9,7 @@ either; see :mod:`aica_backup.crypto`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import os
@@ -64,9 +65,10 @@ def compressing_writer(
     n = threads or cpu_threads()
     stream: IO[bytes]
     if compression == "gzip":
-        stream = igzip_threaded.open(  # type: ignore[no-untyped-call]
+        threaded = igzip_threaded.open(  # type: ignore[no-untyped-call]
             raw, "wb", compresslevel=level, threads=n, block_size=BLOCK
         )
+        stream = cast(IO[bytes], _FreshErrors(threaded))
     else:
         cctx = _zstd().ZstdCompressor(level=level, threads=n)
         stream = cctx.stream_writer(raw, closefd=False)
@@ -98,6 +100,40 @@ def decompressing_reader(raw: IO[bytes], compression: str) -> Iterator[IO[bytes]
         yield stream
     finally:
         stream.close()
+
+
+class _FreshErrors:
+    """Raise a new copy of every error python-isal's threaded writer raises.
+
+    That writer keeps the first error of its worker threads and raises the *same object* again
+    from every later write, flush and close. Raised from several places, the object's
+    ``__context__`` links into a cycle, and ``contextlib.ExitStack`` then loops forever walking
+    it: a backup that hit a full disk hung at 100 % CPU instead of failing. A copy raised
+    outside the ``except`` block carries none of that history.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self.inner, method)(*args)
+        except Exception as exc:
+            fresh = copy.copy(exc)  # same type, args and errno; no traceback or context
+        raise fresh
+
+    def write(self, data: bytes) -> int:
+        return int(self._call("write", data))
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.inner.closed)
 
 
 class HashingWriter(io.RawIOBase):

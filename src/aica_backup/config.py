@@ -163,9 +163,20 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _paths_distinct(self) -> Settings:
-        problem = components_overlap(self.layout())
+        layout = self.layout()
+        problem = components_overlap(layout)
         if problem:
             raise ValueError(f"paths: {problem}")
+        # Backups inside a component: each backup would hold all the previous ones, and a
+        # restore (which makes the uploads tree equal the archive's) would delete newer ones.
+        # A component inside the backups folder would be made private (0700) with it.
+        backups = Path(os.path.normpath(layout.backups_dir))
+        for name in ("database", "uploads", "config"):
+            path = Path(os.path.normpath(layout.root / getattr(self.paths, name)))
+            if backups == path or path in backups.parents:
+                raise ValueError(f"paths: backups ({backups}) lies inside {name} ({path})")
+            if backups in path.parents:
+                raise ValueError(f"paths: {name} ({path}) lies inside backups ({backups})")
         return self
 
     def _abs(self, value: str, base: Path) -> Path:
@@ -222,8 +233,10 @@ ENV_KEYS = _known_keys()
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for part in path[:-1]:
         node = doc.setdefault(part, {})
-        if not isinstance(node, dict):  # e.g. a file that set "paths = 3"
-            node = doc[part] = {}
+        if not isinstance(node, dict):
+            # e.g. a file that set "paths = 3": replacing it with a table silently dropped that
+            # error; leave it for validation to report (the configuration fails either way).
+            return
         doc = node
     doc[path[-1]] = value
 

@@ -81,7 +81,7 @@ def check_database(layout: Layout, fix: bool) -> list[Finding]:
         findings.append(Finding("database-in-use", INFO, f"database open in {describe(holders)}",
                                 "nothing to do while the app runs; stop it before a restore"))
         if _write_locked(db):
-            return findings + [Finding(
+            return [*findings, Finding(
                 "database-locked", ERROR, f"database is locked, held by {describe(holders)}",
                 "stop that process cleanly (do not delete -wal/-shm files: they can hold "
                 "committed data), then run aica-backup doctor --fix")]

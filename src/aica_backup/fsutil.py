@@ -47,6 +47,8 @@ def storage_error(what: str, exc: OSError) -> StorageError:
     hint = None
     if exc.errno == errno.ENOSPC:
         hint = "the disk is full: free space or point backups elsewhere"
+    elif exc.errno in (errno.EDQUOT, errno.EFBIG):  # as final as a full disk, for this user
+        hint = "a disk quota or file-size limit (ulimit -f) was reached: raise it or free space"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "check the folder's owner and permissions (or that it is not read-only)"
     reason = exc.strerror or str(exc)

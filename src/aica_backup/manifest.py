@@ -8,6 +8,7 @@ type-checked and every path validated before anything trusts it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -125,14 +126,23 @@ def _bad(why: str) -> ArchiveError:
 
 def _get(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = doc.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+    # bool is an int subclass: refuse it wherever a number is expected, tuples of number types
+    # included (``kind in (int, float)`` let ``"mtime": true`` through).
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise _bad(f"field {key!r} missing or of the wrong type")
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads accepts NaN
+        raise _bad(f"field {key!r} is not a finite number")
     return value
 
 
 def safe_member_path(name: str) -> str | None:
-    """Normalised archive path, or None if the name is unsafe (absolute, '..', empty, NUL)."""
-    if not name or "\0" in name or "\\" in name or name.startswith("/"):
+    """Normalised archive path, or None if the name is unsafe (absolute, '..', empty, NUL).
+
+    A backslash is an ordinary file-name character on the POSIX systems this tool restores
+    to (users upload such files); refusing it here made every backup of such an upload
+    tree unreadable although the backup itself had succeeded.
+    """
+    if not name or "\0" in name or name.startswith("/"):
         return None
     parts = [p for p in PurePosixPath(name).parts if p != "."]
     if not parts or any(p == ".." for p in parts):
@@ -177,6 +187,8 @@ def parse_manifest(data: bytes) -> Manifest:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"not JSON ({exc})") from None
+    except RecursionError:  # "[[[[…" nested deeper than the stack: hostile, not a crash
+        raise _bad("JSON nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _bad("not an aica-backup manifest")
     version = _get(doc, "format_version", int)

@@ -64,8 +64,13 @@ _BUCKETS: tuple[tuple[str, str, Callable[[datetime], object]], ...] = (
 
 
 def apply_policy(archives: Sequence[Candidate], policy: Policy, now: datetime) -> Decision:
-    """Split ``archives`` into keep and remove, with the reasons for every decision."""
-    ordered = sorted(archives, key=lambda a: a.time, reverse=True)
+    """Split ``archives`` into keep and remove, with the reasons for every decision.
+
+    Archives of the same time (several backups in one second) keep their given order, which
+    is newest first when it comes from the catalog.
+    """
+    ordered = sorted(archives, key=lambda a: a.time, reverse=True)  # stable: ties keep order
+    rank = {a.name: i for i, a in enumerate(ordered)}  # 0 is the newest
     reasons: dict[str, list[str]] = {a.name: [] for a in ordered}
     good = [a for a in ordered if not a.failed]
 
@@ -91,11 +96,13 @@ def apply_policy(archives: Sequence[Candidate], policy: Policy, now: datetime) -
             reasons[a.name].append("pinned")
 
     kept_good = [a for a in good if reasons[a.name]]
-    oldest_kept = kept_good[-1].time if kept_good else None
+    # By rank, not time: a failed archive made in the same second as the oldest kept one
+    # but after it compared "not newer" by time and was deleted.
+    oldest_kept = rank[kept_good[-1].name] if kept_good else None
     decision = Decision(reasons=reasons)
     for a in ordered:
         if a.failed and not a.pinned:
-            if oldest_kept is None or a.time > oldest_kept:
+            if oldest_kept is None or rank[a.name] < oldest_kept:
                 reasons[a.name].append("failed verification, newer than the oldest kept backup")
             else:
                 decision.remove.append(a)

@@ -8,6 +8,8 @@ in time (it never restarts because a writer changed a page, as a stepped backup 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import DatabaseError
+from .fsutil import storage_error
 
 CheckMode = Literal["integrity", "quick", "none"]
 BUSY_TIMEOUT_MS = 10_000
@@ -87,6 +90,11 @@ def take_snapshot(source: Path, dest: Path) -> str:
             finally:
                 dst.close()
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                # The snapshot's folder is full, not the database broken: report it as the
+                # storage problem it is (exit 7 and the disk-full hint), not exit 5.
+                full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise storage_error(f"cannot write the database snapshot {dest}", full) from exc
             raise DatabaseError(f"cannot snapshot database {source}: {exc}") from exc
     return journal_mode
 

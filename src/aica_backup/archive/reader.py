@@ -9,18 +9,24 @@ that the compressor's own checksum is verified too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import tarfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
+
+from isal import isal_zlib
 
 from ..errors import AicaBackupError, ArchiveError
 from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest, safe_member_path
 
 BUFFER = 1 << 20
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is an attack
+MAX_HEADER_CHAIN = 16  # header blocks before one member (pax + GNU long name/link: at most 3)
+MAX_TOTAL_HEADER_BYTES = 256 << 20  # all header blocks of one archive (global pax ones pile up)
 _HEADER_TYPES = (
     tarfile.XHDTYPE,
     tarfile.XGLTYPE,
@@ -28,13 +34,36 @@ _HEADER_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
 )
+# A header block that is neither a valid header nor all zeros (not in tarfile's public API).
+_InvalidHeaderError: type[Exception] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
 
 
 class _SafeTarInfo(tarfile.TarInfo):
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Any:
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except _InvalidHeaderError as exc:
+            # tarfile takes a damaged header block after the first member for the end of the
+            # archive, silently: garbage where the end marker belongs passed unnoticed.
+            raise ArchiveError(f"damaged tar header block: {exc}") from None
+
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         # tarfile reads a header member's whole payload into memory: refuse huge ones first.
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise ArchiveError(f"oversized tar header block ({self.size} bytes)")
+        # tarfile also recurses once per header block in a row (a few thousand of them raised
+        # RecursionError), and keeps global pax headers for the whole stream: cap both.
+        state = tarfile_.__dict__
+        if self.type in _HEADER_TYPES:
+            state["_aica_chain"] = state.get("_aica_chain", 0) + 1
+            state["_aica_header_bytes"] = state.get("_aica_header_bytes", 0) + self.size
+            if state["_aica_chain"] > MAX_HEADER_CHAIN:
+                raise ArchiveError("too many tar header blocks in a row")
+            if state["_aica_header_bytes"] > MAX_TOTAL_HEADER_BYTES:
+                raise ArchiveError("tar header blocks exceed their total size cap")
+        else:
+            state["_aica_chain"] = 0
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
@@ -66,7 +95,20 @@ class ScanResult:
 # Called for each file: return a writable sink for its bytes, or None to only hash it.
 OpenSink = Callable[[Entry], IO[bytes] | None]
 OnEntry = Callable[[Entry], None]
-_DECODE_ERRORS = (tarfile.TarError, EOFError, zlib.error, ValueError)
+# python-isal raises its own IsalError (not a zlib.error) for a corrupt deflate stream, and
+# zstandard its ZstdError: without them a flipped bit escaped as an "internal error" (exit 2)
+# instead of a damaged-archive error naming the archive (exit 6).
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    ValueError,
+    cast(type[Exception], isal_zlib.error),  # the stubs declare it an instance
+)
+with contextlib.suppress(ImportError):  # the optional zstd extra
+    import zstandard
+
+    _DECODE_ERRORS += (zstandard.ZstdError,)
 
 
 def _entry(info: tarfile.TarInfo) -> Entry:
@@ -132,7 +174,8 @@ def scan_archive(
     total = 0
     count = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo) as tar:
+        keeper = _TailKeeper(stream)
+        with tarfile.open(fileobj=keeper, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo) as tar:
             for info in tar:
                 count += 1
                 if count > limits.max_members:
@@ -178,6 +221,7 @@ def scan_archive(
                         sink.close()
                 if on_file_done is not None:
                     on_file_done(entry)
+            keeper.check_zeros_from(tar.offset)
         _drain(stream)
     except AicaBackupError:
         raise
@@ -190,6 +234,41 @@ def scan_archive(
     if manifest_bytes is None:
         raise ArchiveError("archive has no manifest.json (not made by aica-backup, or truncated)")
     return ScanResult(parse_manifest(manifest_bytes), files, dirs, total)
+
+
+class _TailKeeper(io.RawIOBase):
+    """Passes the tar stream to tarfile, keeping the last two chunks it handed out.
+
+    tarfile reads ``bufsize`` chunks, so the end marker and whatever follows it in the same
+    chunk sit in tarfile's private buffer, out of :func:`_drain`'s reach: garbage appended to
+    a small archive went unnoticed. :meth:`check_zeros_from` checks those bytes.
+    """
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.served = 0
+        self.prev = b""
+        self.last = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.served += len(data)
+        self.prev, self.last = self.last, data
+        return data
+
+    def check_zeros_from(self, offset: int) -> None:
+        """Every byte handed out from stream ``offset`` on (end marker, padding) must be 0."""
+        kept = self.prev + self.last
+        start = self.served - len(kept)
+        if offset < start:  # tarfile never reads two chunks ahead; refuse rather than guess
+            raise ArchiveError("cannot check the end of the tar archive")
+        tail = kept[offset - start :]
+        if tail.count(0) != len(tail):
+            raise ArchiveError("unexpected data after the end of the tar archive")
 
 
 def _drain(stream: IO[bytes]) -> None:

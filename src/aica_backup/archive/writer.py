@@ -7,6 +7,8 @@ warning with its member; a file that grows is archived at the size it had when o
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import grp
 import hashlib
 import io
@@ -103,13 +105,18 @@ class ArchiveWriter:
         ``mode`` overrides the file's own permission bits (the snapshot takes the live file's).
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO found among the uploads blocked the whole backup (and
+            # its lock) until some process wrote to it; for regular files it changes nothing.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             self.warnings.append(f"{arcname}: vanished during backup, not archived")
             return False
         except OSError as exc:
-            if exc.errno == getattr(os, "ELOOP", 40):
+            if exc.errno == errno.ELOOP:
                 self.warnings.append(f"{arcname}: symbolic link, not archived")
+                return False
+            if exc.errno == errno.ENXIO:  # a UNIX socket: skipped, not a failed backup
+                self.warnings.append(f"{arcname}: not a regular file, not archived")
                 return False
             raise
         with os.fdopen(fd, "rb", buffering=0) as fh:
@@ -148,3 +155,22 @@ class ArchiveWriter:
 
     def close(self) -> None:
         self._tar.close()
+
+    def abort(self) -> None:
+        """Give up after a failure: write nothing more (the caller deletes the output).
+
+        Without this, tarfile's stream finaliser flushes into the already closed output at
+        garbage collection and prints "Exception ignored … write to closed file" with a
+        traceback on stderr, after the one-line error.
+        """
+        self._tar.closed = True  # type: ignore[attr-defined]  # set by TarFile, not in stubs
+        # tarfile._Stream: with ``closed`` set, its __del__ and close() do nothing
+        with contextlib.suppress(AttributeError):  # (read-only on other file objects)
+            self._tar.fileobj.closed = True  # type: ignore[attr-defined]
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()

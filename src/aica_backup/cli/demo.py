@@ -28,7 +28,7 @@ def command(
                      file_okay=False),
     ] = None,
 ) -> None:
-    """Run the main job on a built-in sample app: backup, verify, offsite, damage, restore, check."""
+    """Run the main job on a sample app: backup, verify, offsite, damage, restore, check."""
     root = (directory or Path(tempfile.mkdtemp(prefix="aica-backup-demo-"))).absolute()
     if root.exists() and any(root.iterdir()):
         raise typer.BadParameter(f"{root} is not empty", param_hint="--dir")
@@ -40,7 +40,8 @@ def command(
     build_sample_app(layout)
     original = fingerprint(layout)
     out.print(f"   database {layout.database} ({len(original['rows']):,} rows, WAL mode), "
-              f"{len(original['uploads'])} uploads with Japanese names, {layout.config} (0600)")
+              f"{len(original['uploads'])} uploads with Japanese names, "
+              f"{layout.config} (0600)")
 
     _step(2, "Backup (the guide's ./scripts/backup.sh), with an offsite copy to a folder")
     result, report, _code = run_backup_job(s, verify=False, apply_retention=True, offsite=True,
@@ -52,7 +53,8 @@ def command(
 
     _step(3, "Verify (the guide's test restore, automated)")
     check = verify_and_record(s, result.name)
-    out.print(f"   {result.name}: {'OK' if check['ok'] else 'FAILED'} — {check['members']} members, "
+    state = "OK" if check["ok"] else "FAILED"
+    out.print(f"   {result.name}: {state} — {check['members']} members, "
               f"every SHA-256 rechecked, database integrity {check['database']}", markup=False)
 
     _step(4, "Disaster")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from ..catalog import KINDS, ArchiveEntry, Catalog
 from .common import JSON_OPTION, emit_json, human_age, human_size, out, settings
@@ -18,8 +22,9 @@ def contents(e: ArchiveEntry) -> tuple[str, str]:
     up = s.get("uploads") or {}
     if e.summary is None:
         return ("?", "?")
+    # human_size, not a fixed "x.x MB": a new app's 12 KB database showed as "0.0 MB"
     dbcol = (
-        f"{db.get('page_count', 0) * db.get('page_size', 0) / 1e6:.1f} MB"
+        human_size(db.get("page_count", 0) * db.get("page_size", 0))
         if db.get("present")
         else "absent"
     )
@@ -49,18 +54,32 @@ def command(
     catalog = Catalog(s.layout().backups_dir)
     entries = catalog.entries(KINDS if all_kinds else ("backup",))
     if json_out:
-        emit_json([e.to_dict() for e in entries])
+        now = datetime.now(UTC)
+        # the age the table shows, in seconds, so scripts need not redo the time arithmetic
+        emit_json(
+            [
+                {**e.to_dict(), "age_seconds": int((now - e.local_time).total_seconds())}
+                for e in entries
+            ]
+        )
         return
     if not entries:
         out.print(f"No backups in {catalog.backups_dir}. Make one with: ./scripts/backup.sh")
         return
     table = Table(box=None, pad_edge=False)
+    longest = max(len(e.name) + (9 if e.pinned else 0) for e in entries)
     for col in ("#", "name", "local time", "age", "size", "database", "uploads", "verified"):
-        table.add_column(col, justify="right" if col in ("#", "size", "age") else "left")
+        # The name is what the operator copies into ``restore``: never truncate or wrap it.
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "size", "age") else "left",
+            no_wrap=col == "name",
+            min_width=longest if col == "name" else None,
+        )
     for i, e in enumerate(entries, 1):
         db, up = contents(e)
         name = e.name + (" [pinned]" if e.pinned else "")
-        table.add_row(
+        cells = (
             str(i),
             name,
             e.local_time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -70,7 +89,16 @@ def command(
             up,
             verified(e),
         )
-    out.print(table)
+        # Text, not markup: Rich took "[pinned]" for a style tag and printed nothing.
+        table.add_row(*(Text(c) for c in cells))
+    if out.is_terminal:
+        out.print(table)
+    else:
+        # Piped or redirected (cron mail, grep): Rich would squeeze the table into 80 columns
+        # and cut the names; print it at its natural width instead.
+        width = Measurement.get(out, out.options.update_width(1000), table).maximum
+        wide = Console(file=out.file, width=max(width, out.width), highlight=False)
+        wide.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,771 @@
+"""The archive format: writer → reader round trips, plain ``tar -xzf``, and hostile archives.
+
+Every hostile archive is generated here, as code, with Python's tarfile and gzip: the test shows
+what the fixture is, and nothing binary is checked in. Each one is read by the scanner and
+unpacked by ``staging.stage``, which must never write outside its destination folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from aica_backup.archive import Limits, ScanResult, check_against_manifest, scan_file
+from aica_backup.archive.reader import MAX_HEADER_BYTES, scan_archive
+from aica_backup.backup import BackupOptions, create_archive
+from aica_backup.codec import decompressing_reader
+from aica_backup.errors import ArchiveError, ExitCode
+from aica_backup.layout import Component, Layout
+from aica_backup.manifest import ComponentInfo, Manifest, Member
+from aica_backup.staging import stage
+from tests.support.app import SECRET, App, make_app
+from tests.support.fs import listing, tmpfs
+
+UPLOADS = "public/uploads"
+ARCHIVE_NAME = "backup_20240101_030000.tar.gz"
+FAST = BackupOptions(check="none", threads=1)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def scan_bytes(data: bytes, limits: Limits = Limits()) -> ScanResult:  # noqa: B008
+    """What ``scan_file`` does, on an archive held in memory."""
+    with decompressing_reader(io.BytesIO(data), "gzip") as stream:
+        return scan_archive(stream, limits=limits)
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips of real files.
+
+# File names as users upload them: any Unicode (Japanese favoured) but '/' and NUL.
+name_st = st.text(
+    alphabet=st.one_of(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+        st.sampled_from("日本語の報告書写真ファイル"),
+    ),
+    min_size=1,
+    max_size=16,
+).filter(lambda s: s not in (".", "..") and len(s.encode()) < 200)
+Tree = dict[str, Any]  # name -> bytes (a file) or Tree (a folder)
+tree_st: st.SearchStrategy[Tree] = st.recursive(
+    st.dictionaries(name_st, st.binary(max_size=3000), max_size=4),
+    lambda children: st.dictionaries(
+        name_st, st.one_of(st.binary(max_size=3000), children), max_size=4
+    ),
+    max_leaves=12,
+)
+
+
+def write_tree(folder: Path, tree: Tree, modes: Iterable[int]) -> dict[str, bytes]:
+    """Create ``tree`` under ``folder``; return every file's path relative to it and bytes."""
+    mode_iter = iter(modes)
+    files: dict[str, bytes] = {}
+
+    def go(here: Path, node: Tree, rel: str) -> None:
+        here.mkdir(parents=True, exist_ok=True)
+        for name, value in node.items():
+            child_rel = f"{rel}/{name}" if rel else name
+            if isinstance(value, bytes):
+                (here / name).write_bytes(value)
+                (here / name).chmod(next(mode_iter, 0o644))
+                files[child_rel] = value
+            else:
+                go(here / name, value, child_rel)
+
+    go(folder, tree, "")
+    return files
+
+
+@settings(max_examples=25, deadline=None)
+@given(tree_st, st.lists(st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o400]), max_size=12))
+def test_round_trip_of_random_trees(tree: Tree, modes: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        files = write_tree(root / UPLOADS, tree, modes)
+        layout = Layout(root=root, database_optional=True)
+        result = create_archive(layout, FAST)
+
+        scan = scan_file(result.path)
+        assert check_against_manifest(scan) is None
+        assert scan.files == {
+            f"{UPLOADS}/{rel}": (sha(data), len(data)) for rel, data in files.items()
+        }
+        on_disk_dirs = {UPLOADS} | {
+            f"{UPLOADS}/{p.relative_to(root / UPLOADS)}"
+            for p in (root / UPLOADS).rglob("*")
+            if p.is_dir()
+        }
+        assert scan.dirs == on_disk_dirs
+        for member in scan.manifest.files():
+            disk = root / member.path
+            assert member.mode == disk.stat().st_mode & 0o7777
+            assert member.size == disk.stat().st_size
+        uploads = scan.manifest.components[Component.UPLOADS]
+        assert uploads.details == {
+            "file_count": len(files),
+            "total_bytes": sum(map(len, files.values())),
+        }
+        assert scan.manifest.components[Component.DATABASE].present is False
+
+
+def test_round_trip_through_staging(app: App, tmp_path: Path) -> None:
+    result = create_archive(Layout(root=app.root))
+    staged = stage(result.path, tmp_path / "staged")
+    assert staged.ok and staged.problems == [] and staged.db_integrity == "ok"
+    assert (tmp_path / "staged" / ".env.production").read_bytes() == app.env.read_bytes()
+    for rel, data in app.uploads_tree().items():
+        assert (tmp_path / "staged" / UPLOADS / rel).read_bytes() == data
+    conn = sqlite3.connect(
+        f"file:{tmp_path / 'staged' / 'backend' / 'aica_sys.db'}?mode=ro", uri=True
+    )
+    try:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (50,)
+    finally:
+        conn.close()
+
+
+def test_names_that_are_not_utf8_and_backslashes_survive(app: App, tmp_path: Path) -> None:
+    """Uploads from old clients can carry Shift_JIS names; Linux allows '\\' in a name."""
+    sjis = os.fsencode(app.uploads) + b"/" + "報告書.txt".encode("shift_jis")
+    with open(sjis, "wb") as fh:
+        fh.write(b"legacy client")
+    (app.uploads / "a\\b.txt").write_bytes(b"backslash")
+    result = create_archive(Layout(root=app.root), FAST)
+    staged = stage(result.path, tmp_path / "staged")
+    assert staged.ok, staged.problems
+    staged_sjis = (
+        os.fsencode(tmp_path / "staged" / UPLOADS) + b"/" + "報告書.txt".encode("shift_jis")
+    )
+    with open(staged_sjis, "rb") as fh:
+        assert fh.read() == b"legacy client"
+    assert (tmp_path / "staged" / UPLOADS / "a\\b.txt").read_bytes() == b"backslash"
+
+
+def test_system_tar_extracts_the_guides_layout(app: App, tmp_path: Path) -> None:
+    """The disaster-recovery path of last resort: no aica-backup, only tar."""
+    app.add_rows(100, "before-backup")
+    app.run("backup")
+    [archive] = app.archives()
+    out = tmp_path / "extracted"
+    out.mkdir()
+    proc = subprocess.run(
+        ["tar", "-xzf", str(archive), "-C", str(out)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+
+    assert (out / "backend" / "aica_sys.db").is_file()
+    assert (out / UPLOADS / "docs" / "報告書 2024.txt").read_text() == "日本語のファイル\n"
+    assert (out / UPLOADS / "empty-folder").is_dir()
+    assert (out / ".env.production").read_bytes() == app.env.read_bytes()
+    assert (out / ".env.production").stat().st_mode & 0o777 == 0o600
+    assert not list(out.rglob("*-wal")) and not list(out.rglob("*-shm"))
+
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    extracted = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    listed = {m["path"] for m in manifest["members"] if m["type"] == "file"}
+    assert extracted == listed
+    for m in manifest["members"]:
+        if m["type"] == "file":
+            assert sha((out / m["path"]).read_bytes()) == m["sha256"], m["path"]
+            assert (out / m["path"]).stat().st_size == m["size"]
+    conn = sqlite3.connect(out / "backend" / "aica_sys.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (150,)
+    finally:
+        conn.close()
+
+    listed_by_tar = subprocess.run(
+        ["tar", "-tzvf", str(archive)], capture_output=True, text=True, check=True
+    )
+    assert SECRET not in listed_by_tar.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile archives, generated as code.
+
+
+def member(
+    name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE, **attrs: Any
+) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.mtime = 1_700_000_000
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data if info.size else None
+
+
+def manifest_bytes(files: dict[str, bytes], dirs: Iterable[str] = (UPLOADS,)) -> bytes:
+    members = [Member(d, "dir", 0, 0o755, 1_700_000_000, "", Component.UPLOADS) for d in dirs]
+    members += [
+        Member(path, "file", len(data), 0o644, 1_700_000_000, sha(data), Component.UPLOADS)
+        for path, data in files.items()
+    ]
+    return Manifest(
+        tool_version="test",
+        created_at=datetime(2024, 1, 1, tzinfo=UTC),
+        host="test",
+        app_root="/srv/app",
+        app_name="aica-sys",
+        compression="gzip",
+        components={
+            Component.DATABASE: ComponentInfo("backend/aica_sys.db", False),
+            Component.UPLOADS: ComponentInfo(UPLOADS, True, {"file_count": len(files)}),
+            Component.CONFIG: ComponentInfo(".env.production", False),
+        },
+        members=members,
+    ).to_json()
+
+
+GOOD_FILES = {f"{UPLOADS}/a.txt": b"hello", f"{UPLOADS}/b.bin": bytes(range(256)) * 3}
+
+
+def honest(files: dict[str, bytes] = GOOD_FILES) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    return [
+        member(UPLOADS, kind=tarfile.DIRTYPE),
+        *(member(path, data) for path, data in files.items()),
+    ]
+
+
+def with_manifest(
+    entries: list[tuple[tarfile.TarInfo, bytes | None]], files: dict[str, bytes] = GOOD_FILES
+) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    return [*entries, member("manifest.json", manifest_bytes(files))]
+
+
+def tar_of(entries: Iterable[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def raw_header(name: str, kind: bytes, size: int) -> bytes:
+    """One header block announcing ``size`` bytes, built without tarfile's checks."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def tar_end_offset(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> int:
+    """Offset of the end-of-archive marker in ``tar_of(entries)``."""
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+    for info, data in entries:
+        tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    offset = tar.offset
+    tar.close()
+    return offset
+
+
+@dataclass(frozen=True)
+class Hostile:
+    make: Callable[[Path], bytes]  # given a folder outside staging, return the archive file bytes
+    error: str  # what the ArchiveError must say
+
+
+def gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _symlink_out(outside: Path) -> bytes:
+    link = f"{UPLOADS}/evil"
+    return gz(
+        tar_of(
+            with_manifest(
+                [
+                    *honest(),
+                    member(link, kind=tarfile.SYMTYPE, linkname=str(outside)),
+                    member(f"{link}/pwned.txt", b"pwned"),
+                ]
+            )
+        )
+    )
+
+
+def _old_gnu_sparse(_outside: Path) -> bytes:
+    info, _ = member(f"{UPLOADS}/sparse.bin", kind=tarfile.GNUTYPE_SPARSE)
+    return gz(tar_of(with_manifest([*honest(), (info, None)])))
+
+
+def _pax_sparse(_outside: Path) -> bytes:
+    info, data = member(f"{UPLOADS}/sparse.bin", b"12345")
+    info.pax_headers = {
+        "GNU.sparse.map": "0,5",
+        "GNU.sparse.size": "5",
+        "GNU.sparse.numblocks": "1",
+    }
+    return gz(tar_of(with_manifest([*honest(), (info, data)])))
+
+
+def _oversized_header(kind: bytes) -> Callable[[Path], bytes]:
+    def make(_outside: Path) -> bytes:
+        # Announces 1 GiB of header data, then the stream simply goes on: a reader that took
+        # the header into memory first would allocate 1 GiB and fail only later.
+        return gz(raw_header("././@PaxHeader", kind, 1 << 30) + bytes(64 * 1024))
+
+    return make
+
+
+def _header_chain(_outside: Path) -> bytes:
+    record = b"20 comment=abcdefgh\n"
+    chain = b"".join(
+        raw_header("././@PaxHeader", tarfile.XHDTYPE, len(record))
+        + record
+        + bytes(512 - len(record))
+        for _ in range(5000)
+    )
+    return gz(chain + tar_of(with_manifest(honest())))
+
+
+def _after_manifest(_outside: Path) -> bytes:
+    return gz(tar_of([*with_manifest(honest()), member(f"{UPLOADS}/late.txt", b"late")]))
+
+
+def _duplicate(_outside: Path) -> bytes:
+    return gz(tar_of(with_manifest([*honest(), member(f"{UPLOADS}/a.txt", b"HELLO")])))
+
+
+def _dir_then_file(_outside: Path) -> bytes:
+    return gz(
+        tar_of(
+            with_manifest(
+                [
+                    *honest(),
+                    member(f"{UPLOADS}/x", kind=tarfile.DIRTYPE),
+                    member(f"{UPLOADS}/x", b"x"),
+                ]
+            )
+        )
+    )
+
+
+def _no_manifest(_outside: Path) -> bytes:
+    return gz(tar_of(honest()))
+
+
+def _end_marker_replaced(_outside: Path) -> bytes:
+    entries = with_manifest(honest())
+    data = bytearray(tar_of(entries))
+    end = tar_end_offset(entries)
+    data[end : end + 512] = b"\x7f" * 512
+    return gz(bytes(data))
+
+
+def _gzip_garbage_appended(_outside: Path) -> bytes:
+    return gz(tar_of(with_manifest(honest()))) + b"this is not gzip"
+
+
+def _plain_tar(_outside: Path) -> bytes:
+    return tar_of(with_manifest(honest()))
+
+
+def _truncated(cut: Callable[[int], int]) -> Callable[[Path], bytes]:
+    def make(_outside: Path) -> bytes:
+        data = gz(tar_of(with_manifest(honest())))
+        return data[: cut(len(data))]
+
+    return make
+
+
+HOSTILE: dict[str, Hostile] = {
+    "dot-dot member": Hostile(
+        lambda o: gz(
+            tar_of(with_manifest([*honest(), member(f"{UPLOADS}/../../{o.name}/escape.txt", b"x")]))
+        ),
+        "unsafe member name",
+    ),
+    "leading dot-dot": Hostile(
+        lambda o: gz(tar_of(with_manifest([member("../escape.txt", b"x")]))), "unsafe member name"
+    ),
+    "absolute path": Hostile(
+        lambda o: gz(tar_of(with_manifest([*honest(), member(str(o / "escape.txt"), b"x")]))),
+        "unsafe member name",
+    ),
+    "symlink out of the tree": Hostile(_symlink_out, "refusing symbolic link"),
+    "hard link": Hostile(
+        lambda o: gz(
+            tar_of(
+                with_manifest(
+                    [
+                        *honest(),
+                        member(f"{UPLOADS}/hard", kind=tarfile.LNKTYPE, linkname="/etc/passwd"),
+                    ]
+                )
+            )
+        ),
+        "refusing hard link",
+    ),
+    "character device": Hostile(
+        lambda o: gz(
+            tar_of(
+                with_manifest(
+                    [
+                        *honest(),
+                        member(f"{UPLOADS}/null", kind=tarfile.CHRTYPE, devmajor=1, devminor=3),
+                    ]
+                )
+            )
+        ),
+        "refusing character device",
+    ),
+    "block device": Hostile(
+        lambda o: gz(
+            tar_of(
+                with_manifest(
+                    [
+                        *honest(),
+                        member(f"{UPLOADS}/sda", kind=tarfile.BLKTYPE, devmajor=8, devminor=0),
+                    ]
+                )
+            )
+        ),
+        "refusing block device",
+    ),
+    "FIFO": Hostile(
+        lambda o: gz(
+            tar_of(with_manifest([*honest(), member(f"{UPLOADS}/pipe", kind=tarfile.FIFOTYPE)]))
+        ),
+        "refusing FIFO",
+    ),
+    "contiguous file type": Hostile(
+        lambda o: gz(
+            tar_of(with_manifest([*honest(), member(f"{UPLOADS}/c", kind=tarfile.CONTTYPE)]))
+        ),
+        "unsupported member type",
+    ),
+    "old GNU sparse member": Hostile(_old_gnu_sparse, "refusing sparse file"),
+    "pax sparse member": Hostile(_pax_sparse, "refusing sparse file"),
+    "oversized pax header": Hostile(_oversized_header(tarfile.XHDTYPE), "oversized tar header"),
+    "oversized global pax header": Hostile(
+        _oversized_header(tarfile.XGLTYPE), "oversized tar header"
+    ),
+    "oversized GNU long name": Hostile(
+        _oversized_header(tarfile.GNUTYPE_LONGNAME), "oversized tar header"
+    ),
+    "thousands of pax headers in a row": Hostile(_header_chain, "too many tar header blocks"),
+    "member after manifest.json": Hostile(_after_manifest, "follows the manifest"),
+    "duplicate member": Hostile(_duplicate, "appears twice"),
+    "folder and file of one name": Hostile(_dir_then_file, "appears twice"),
+    "no manifest": Hostile(_no_manifest, "no manifest.json"),
+    "garbage in place of the end marker": Hostile(_end_marker_replaced, "damaged tar header"),
+    "garbage after the tar end": Hostile(
+        lambda o: gz(tar_of(with_manifest(honest())) + b"trailing garbage"),
+        "unexpected data after the end",
+    ),
+    "garbage after the gzip stream": Hostile(_gzip_garbage_appended, "damaged"),
+    "not gzip at all": Hostile(_plain_tar, "damaged"),
+    "empty file": Hostile(lambda o: b"", "archive"),
+    "truncated to 10 bytes": Hostile(_truncated(lambda n: 10), "damaged or truncated"),
+    "truncated in half": Hostile(_truncated(lambda n: n // 2), "truncated"),
+    "gzip trailer cut": Hostile(_truncated(lambda n: n - 4), "truncated"),
+    "last byte cut": Hostile(_truncated(lambda n: n - 1), "truncated"),
+    "unsafe path inside the manifest": Hostile(
+        lambda o: gz(tar_of([*honest(), member("manifest.json", manifest_bytes({"../x": b""}))])),
+        "unsafe member path",
+    ),
+}
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the staging area that hostile archives aim at."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("must survive")
+    return folder
+
+
+def _write(tmp_path: Path, data: bytes) -> Path:
+    folder = tmp_path / "archives"
+    folder.mkdir(exist_ok=True)
+    path = folder / ARCHIVE_NAME
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_hostile_archive_refused_by_scan(case: str, tmp_path: Path, outside: Path) -> None:
+    path = _write(tmp_path, HOSTILE[case].make(outside))
+    with pytest.raises(ArchiveError) as info:
+        scan_file(path)
+    assert HOSTILE[case].error in str(info.value)
+    assert info.value.exit_code == ExitCode.ARCHIVE
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_staging_a_hostile_archive_writes_nothing_outside(
+    case: str, tmp_path: Path, outside: Path
+) -> None:
+    path = _write(tmp_path, HOSTILE[case].make(outside))
+    (tmp_path / "work").mkdir()
+    dest = tmp_path / "work" / "dest"
+    before = listing(tmp_path, skip=dest)
+    with pytest.raises(ArchiveError) as info:
+        stage(path, dest, check="none")
+    assert HOSTILE[case].error in str(info.value)
+    assert listing(tmp_path, skip=dest) == before
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+
+
+def test_oversized_pax_header_is_refused_before_it_is_read() -> None:
+    """The header claims 1 GiB; the stream is endless zeros. Refused after reading ~nothing."""
+
+    class EndlessZeros(io.RawIOBase):
+        def __init__(self, head: bytes) -> None:
+            self.head = head
+            self.served = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            n = len(buffer)
+            chunk = self.head[self.served : self.served + n]
+            chunk += bytes(n - len(chunk))
+            buffer[:n] = chunk
+            self.served += n
+            if self.served > 64 << 20:
+                raise AssertionError("the reader is swallowing the oversized header")
+            return n
+
+    stream = EndlessZeros(raw_header("././@PaxHeader", tarfile.XHDTYPE, 1 << 30))
+    with pytest.raises(ArchiveError, match="oversized tar header"):
+        scan_archive(io.BufferedReader(stream))
+    assert stream.served < 4 * max(MAX_HEADER_BYTES, 1 << 20)
+
+
+def test_member_count_cap(tmp_path: Path) -> None:
+    many = {f"{UPLOADS}/{i}.txt": b"x" for i in range(20)}
+    path = _write(tmp_path, gz(tar_of(with_manifest(honest(many), many))))
+    assert len(scan_file(path).files) == 20
+    with pytest.raises(ArchiveError, match="more than 10 members"):
+        scan_file(path, limits=Limits(max_members=10))
+
+
+# Archives that read cleanly but disagree with their manifest: reported, never accepted.
+MISMATCHED: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
+    "member not in the manifest": (
+        [
+            *honest(),
+            member(f"{UPLOADS}/smuggled.txt", b"x"),
+            member("manifest.json", manifest_bytes(GOOD_FILES)),
+        ],
+        "not listed in the manifest",
+    ),
+    "SHA-256 mismatch": (
+        with_manifest(
+            honest(
+                {f"{UPLOADS}/a.txt": b"HELLO", f"{UPLOADS}/b.bin": GOOD_FILES[f"{UPLOADS}/b.bin"]}
+            )
+        ),
+        "SHA-256 mismatch",
+    ),
+    "size mismatch": (
+        with_manifest(
+            honest(
+                {f"{UPLOADS}/a.txt": b"hello!", f"{UPLOADS}/b.bin": GOOD_FILES[f"{UPLOADS}/b.bin"]}
+            )
+        ),
+        "differs from the manifest",
+    ),
+    "file missing": (
+        with_manifest(honest({f"{UPLOADS}/a.txt": b"hello"})),
+        "missing from the archive",
+    ),
+    "folder missing": (with_manifest(honest()[1:]), "folder listed in the manifest is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHED), ids=list(MISMATCHED))
+def test_mismatch_reported_by_scan_and_stage(case: str, tmp_path: Path) -> None:
+    entries, why = MISMATCHED[case]
+    path = _write(tmp_path, gz(tar_of(entries)))
+    with pytest.raises(ArchiveError, match=why.replace("-", r"\-")):
+        check_against_manifest(scan_file(path))
+    (tmp_path / "work").mkdir()
+    dest = tmp_path / "work" / "dest"
+    before = listing(tmp_path, skip=dest)
+    staged = stage(path, dest, check="none")
+    assert not staged.ok
+    assert any(why in problem for _, problem in staged.problems)
+    with pytest.raises(ArchiveError):
+        staged.raise_if_bad()
+    assert listing(tmp_path, skip=dest) == before
+
+
+def test_trailing_zeros_after_gzip_are_harmless(tmp_path: Path) -> None:
+    """Tape-style zero padding after the gzip stream changes no content: accepted."""
+    path = _write(tmp_path, gz(tar_of(with_manifest(honest()))) + bytes(4096))
+    scan = scan_file(path)
+    check_against_manifest(scan)
+    assert scan.files == {p: (sha(d), len(d)) for p, d in GOOD_FILES.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Gzip bombs: 2 GiB of zeros in a ~2 MB file. Built from independent gzip members (a valid
+# multi-member gzip stream), so making it costs one 64 MiB compression, not 2 GiB.
+
+BOMB_SIZE = 2 << 30
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chunk = 64 << 20
+    zeros_member = gzip.compress(bytes(chunk), compresslevel=9, mtime=0)
+    head = tar_of([member(UPLOADS, kind=tarfile.DIRTYPE)])
+    head = head[: tar_end_offset([member(UPLOADS, kind=tarfile.DIRTYPE)])]
+    header = raw_header(f"{UPLOADS}/zeros.bin", tarfile.REGTYPE, BOMB_SIZE)
+    manifest = manifest_bytes({f"{UPLOADS}/zeros.bin": b""})
+    tail = tar_of([member("manifest.json", manifest)])
+    path = tmp_path_factory.mktemp("bomb") / ARCHIVE_NAME
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(head + header, mtime=0))
+        for _ in range(BOMB_SIZE // chunk):
+            fh.write(zeros_member)
+        fh.write(gzip.compress(tail, mtime=0))
+    assert path.stat().st_size < 8 << 20
+    return path
+
+
+def test_gzip_bomb_refused_by_the_byte_cap(bomb: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ArchiveError, match="decompression bomb") as info:
+        scan_file(bomb, limits=Limits(max_bytes=100 << 20))
+    assert info.value.member == f"{UPLOADS}/zeros.bin"
+    assert time.monotonic() - started < 2
+
+
+def test_gzip_bomb_refused_by_staging_on_a_small_file_system(bomb: Path, tmp_path: Path) -> None:
+    """stage() caps the bytes it unpacks by the free space of its file system."""
+    with tmpfs(tmp_path / "small", "96m") as small:
+        started = time.monotonic()
+        with pytest.raises(ArchiveError, match="decompression bomb"):
+            stage(bomb, small / "dest", check="none")
+        assert time.monotonic() - started < 2
+        assert sum(p.stat().st_size for p in (small / "dest").rglob("*") if p.is_file()) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Flipped bits: a damaged archive is never silently accepted.
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, ScanResult]:
+    app = make_app(tmp_path_factory.mktemp("flip") / "app", rows=5)
+    result = create_archive(Layout(root=app.root), FAST)
+    data = result.path.read_bytes()
+    return data, scan_bytes(data)
+
+
+def _accepts(data: bytes) -> ScanResult | None:
+    """The scan result if the archive reads cleanly and agrees with its manifest, else None."""
+    try:
+        scan = scan_bytes(data)
+    except ArchiveError:
+        return None
+    try:
+        check_against_manifest(scan)
+    except ArchiveError:
+        return None
+    return scan
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(position=st.integers(min_value=0), bit=st.integers(0, 7))
+@example(position=4, bit=0)  # gzip header MTIME: not content, may be accepted
+@example(position=9, bit=0)  # gzip header OS byte
+@example(position=-1, bit=7)  # gzip trailer ISIZE
+@example(position=-8, bit=0)  # gzip trailer CRC32
+def test_flipped_bit_in_the_file(
+    small_archive: tuple[bytes, ScanResult], position: int, bit: int
+) -> None:
+    """Anything but ArchiveError is a bug; acceptance is only allowed when every file and
+    folder read back is exactly the original (a flip in the gzip header's MTIME, OS or an
+    unused flush padding bit changes no content, and the CRC32 guards everything else)."""
+    original, truth = small_archive
+    data = bytearray(original)
+    data[position % len(data)] ^= 1 << bit
+    accepted = _accepts(bytes(data))
+    if accepted is not None:
+        assert accepted.files == truth.files
+        assert accepted.dirs == truth.dirs
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(position=st.integers(min_value=0), bit=st.integers(0, 7))
+def test_flipped_bit_in_the_tar_stream(
+    small_archive: tuple[bytes, ScanResult], position: int, bit: int
+) -> None:
+    """A flip before compression (bad RAM, a buggy copy tool) passes the gzip CRC. Tar header
+    padding, uid/gid/mtime fields and manifest metadata are unprotected by design, so a flip
+    there may be accepted; what must hold: every file accepted matches its manifest entry and
+    the original bytes, and nothing that was in the archive silently disappears."""
+    original, truth = small_archive
+    tar = bytearray(gzip.decompress(original))
+    tar[position % len(tar)] ^= 1 << bit
+    accepted = _accepts(gz(bytes(tar)))
+    if accepted is not None:
+        assert accepted.files == truth.files
+        assert accepted.dirs == truth.dirs
+        for m in accepted.manifest.files():
+            assert accepted.files[m.path] == (m.sha256, m.size)
+
+
+def test_every_bit_flip_of_a_tiny_archive_leaves_staging_contained(
+    tmp_path: Path, outside: Path
+) -> None:
+    """Exhaustive over byte positions (one bit each) of a tiny archive, through stage()."""
+    original = gz(
+        tar_of(
+            with_manifest(honest({f"{UPLOADS}/a.txt": b"hello"}), {f"{UPLOADS}/a.txt": b"hello"})
+        )
+    )
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "archives" / ARCHIVE_NAME
+    path.parent.mkdir()
+    before = listing(tmp_path, skip=tmp_path / "work")
+    for position in range(len(original)):
+        data = bytearray(original)
+        data[position] ^= 1 << (position % 8)
+        path.write_bytes(bytes(data))
+        dest = tmp_path / "work" / f"d{position}"
+        try:
+            staged = stage(path, dest, check="none")
+        except ArchiveError:
+            continue
+        if staged.ok:
+            assert (dest / UPLOADS / "a.txt").read_bytes() == b"hello"
+    path.unlink()
+    assert listing(tmp_path, skip=tmp_path / "work") == {k: v for k, v in before.items()}
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]

@@ -1,0 +1,155 @@
+"""The shipped benchmark (bench/): its data set is deterministic and its runner completes.
+
+Timings are not asserted here: the benchmark reports them (bench/README.md); the test suite
+only checks that the generator makes the documented layout, the same bytes for the same seed,
+and that ``bench/run.py`` runs end to end at a tiny scale and prints its table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCALE = 0.005
+
+
+def _load(name: str) -> ModuleType:
+    """Import a bench/ script as a module (bench/ is a folder of scripts, not a package)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the scripts import each other by bare name
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generate() -> ModuleType:
+    return _load("generate")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _counts(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    finally:
+        conn.close()
+
+
+def test_generator_is_deterministic_and_makes_the_documented_layout(
+    tmp_path: Path, generate: ModuleType
+) -> None:
+    a = generate.generate(tmp_path / "a", SCALE, seed=7, quiet=True)
+    b = generate.generate(tmp_path / "b", SCALE, seed=7, quiet=True)
+    other = generate.generate(tmp_path / "c", SCALE, seed=8, quiet=True)
+
+    for root in (tmp_path / "a", tmp_path / "b"):
+        db = root / "backend" / "aica_sys.db"
+        assert db.is_file()
+        assert (root / "public" / "uploads").is_dir()
+        env = root / ".env.production"
+        assert env.is_file() and (env.stat().st_mode & 0o777) == 0o600
+    # Same seed: byte-identical uploads, the same rows; another seed: other bytes.
+    tree_a = _tree(tmp_path / "a" / "public" / "uploads")
+    assert tree_a == _tree(tmp_path / "b" / "public" / "uploads")
+    assert a["uploads"] == b["uploads"] and a["rows"] == b["rows"]
+    db_a, db_b = tmp_path / "a/backend/aica_sys.db", tmp_path / "b/backend/aica_sys.db"
+    assert _counts(db_a) == _counts(db_b)
+    assert other["uploads"]["tree_sha256"] != a["uploads"]["tree_sha256"]
+
+    # Uploads nest like the reference backend stores them: YYYY/MM/<uuid>-<name>.
+    assert all(len(Path(rel).parts) == 3 for rel in tree_a)
+    assert len(tree_a) == a["uploads"]["files"] == max(4, round(generate.UPLOAD_FILES * SCALE))
+    total = sum((tmp_path / "a/public/uploads" / rel).stat().st_size for rel in tree_a)
+    assert total == a["uploads"]["bytes"]
+    assert abs(total - generate.UPLOAD_BYTES * SCALE) < 0.01 * generate.UPLOAD_BYTES * SCALE
+
+    conn = sqlite3.connect(tmp_path / "a/backend/aica_sys.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"notes_created_at", "events_kind_created", "comments_note"} <= indexes
+        # The uploads table describes the files on disk, as the backend would have recorded them.
+        rows = conn.execute("SELECT path, size, sha256 FROM uploads").fetchall()
+    finally:
+        conn.close()
+    assert {p: h for p, _s, h in rows} == tree_a
+    assert a["rows"]["events"] > 0 and a["rows"]["notes"] > 0
+
+
+def test_small_files_variant_keeps_the_bytes(tmp_path: Path, generate: ModuleType) -> None:
+    normal = generate.generate(tmp_path / "n", SCALE, seed=1, quiet=True)
+    small = generate.generate(tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300,
+                              quiet=True)
+    assert small["uploads"]["files"] == 300
+    assert len(_tree(tmp_path / "s/public/uploads")) == 300
+    assert abs(small["uploads"]["bytes"] - normal["uploads"]["bytes"]) < 0.02 * normal["uploads"][
+        "bytes"
+    ]
+    # A second call with the same parameters reuses the data set; other parameters refuse.
+    again = generate.generate(tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300,
+                              quiet=True)
+    assert again["generated_at"] == small["generated_at"]
+    with pytest.raises(SystemExit):
+        generate.generate(tmp_path / "s", SCALE, seed=2, quiet=True)
+
+
+def test_report_helpers_read_aica_json() -> None:
+    pipelines = _load("pipelines")
+    loadtest = _load("loadtest")
+    restore_json = {"ok": True, "safety_backup": "pre-restore_x.tar.gz",
+                    "timings": {"stage_and_verify": 1.5, "safety_backup": 2.25}}
+    assert pipelines.find_seconds(restore_json, ("safety",)) == 2.25
+    assert pipelines.find_seconds({"timings": {}}, ("safety",)) is None
+    text = 'progress line\n{"a": 1}\n'
+    assert pipelines.last_json(text) == {"a": 1}
+    assert loadtest.percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert loadtest.percentile([5.0], 50) == 5.0
+
+
+@pytest.mark.slow
+def test_runner_completes_at_a_tiny_scale_and_prints_the_table(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AICA_BACKUP_")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--scale", str(SCALE), "--rounds", "1",
+         "--only", "aica,baseline", "--extras", "none",
+         "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| operation | tool | wall s |" in out
+    assert "| backup | sqlite3 .backup + tar -czf (gzip -6) |" in out
+    assert "| backup | aica-backup backup |" in out, proc.stderr[-3000:]
+    assert "| restore | tar -xzf |" in out
+    assert (tmp_path / "results" / "latest.md").read_text().startswith("# aica-backup benchmark")
+    results = json.loads((tmp_path / "results" / "latest.json").read_text())
+    backup = results["ops"]["backup"]
+    assert backup["aica"]["wall"] > 0 and backup["aica"]["size"] > 0
+    assert backup["baseline"]["rss"] > 0
+    assert results["machine"]["cores"] >= 1
+    # The benchmark's scratch folder is gone; the data set stays for the next run.
+    assert not (tmp_path / "data" / "work").exists()
+    assert (tmp_path / "data" / f"scale-{SCALE:g}" / "backend" / "aica_sys.db").is_file()
