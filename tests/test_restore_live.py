@@ -36,8 +36,8 @@ def _service_scripts(app: App, port: int) -> tuple[str, str]:
     """start/stop shell commands for the backend, as an operator would configure them."""
     pid_file = app.root / "backend.pid"
     start = (
-        f"cd {app.root}/backend && nohup {sys.executable} -m uvicorn main:app "
-        f"--host 127.0.0.1 --port {port} > {app.root}/backend.log 2>&1 & echo $! > {pid_file}"
+        f"cd {app.root}/backend || exit 1; nohup {sys.executable} -m uvicorn main:app "
+        f"--host 127.0.0.1 --port {port} >> {app.root}/backend.log 2>&1 & echo $! > {pid_file}"
     )
     stop = f"kill $(cat {pid_file})"
     return start, stop

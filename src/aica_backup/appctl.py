@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from .errors import BusyError
 from .holders import Holder, find_holders
 
@@ -62,19 +64,47 @@ def run_command(command: str, what: str, timeout: float = 120) -> None:
         raise BusyError(f"{what} command failed with exit code {proc.returncode}{last}")
 
 
-def stop_app(command: str, db: Path, timeout: float = 30) -> None:
-    """Run the stop command and wait until no process holds the database."""
+def stop_app(command: str, db: Path, health_url: str = "", timeout: float = 30) -> None:
+    """Run the stop command and wait until no process holds the database.
+
+    Once the files are free it also waits (within the same timeout) for the processes that
+    held them to exit and for ``health_url`` to stop answering: a server that closed the
+    database but is still shutting down keeps its port, and the start command that follows
+    would fail to bind it.
+    """
+    before = [p for h in find_holders(database_files(db)) if (p := _process(h.pid))]
     run_command(command, "stop")
     deadline = time.monotonic() + timeout
     while True:
         holders = find_holders(database_files(db))
         if not holders:
+            psutil.wait_procs(before, timeout=max(0.0, deadline - time.monotonic()))
+            while health_url and _answers(health_url) and time.monotonic() < deadline:
+                time.sleep(0.2)
             return
         if time.monotonic() > deadline:
             raise BusyError(
                 f"after the stop command the database is still held by {describe(holders)}"
             )
         time.sleep(0.2)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _answers(url: str) -> bool:
+    """Whether anything still answers HTTP at ``url`` (any status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - configured URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def wait_healthy(url: str, timeout: float) -> None:

@@ -304,7 +304,7 @@ def restore(
     stopped = False
     try:
         if options.stop_command:
-            appctl.stop_app(options.stop_command, layout.database_path)
+            appctl.stop_app(options.stop_command, layout.database_path, options.health_url)
             stopped = True
         appctl.refuse_if_held(layout.database_path)
         t0 = time.perf_counter()
@@ -343,8 +343,9 @@ def restore(
     except BaseException as exc:
         _roll_back(journal, layout, options, stopped)
         if isinstance(exc, Exception):
+            also = "".join(f"; {note}" for note in journal.notes)
             raise RolledBackError(
-                f"restore failed and was rolled back, the previous state is intact: {exc}"
+                f"restore failed and was rolled back, the previous state is intact: {exc}{also}"
             ) from exc
         raise
     journal.finish()
@@ -378,7 +379,7 @@ def _roll_back(journal: Journal, layout: Layout, options: RestoreOptions, stoppe
     if stopped and options.stop_command:
         # It may not have started at all; the rollback must go on regardless.
         with contextlib.suppress(AicaBackupError):
-            appctl.stop_app(options.stop_command, layout.database_path)
+            appctl.stop_app(options.stop_command, layout.database_path, options.health_url)
     journal.rollback()
     journal.finish()
     if stopped:
