@@ -156,7 +156,7 @@ def test_manifest_records_what_design_lists(app: App) -> None:
     assert db["page_size"] == live["page_size"] and db["page_count"] == live["page_count"]
     assert db["user_version"] == 42
     assert db["journal_mode"] == "wal"
-    assert db["integrity"] == "ok" and db["check"] == "integrity_check"
+    assert db["integrity"] == "ok" and db["check"] == "quick_check"
     tree = app.uploads_tree()
     up = m["components"]["uploads"]
     assert up["present"] is True
@@ -300,7 +300,7 @@ def _malformed(app: App) -> None:
     ("damage", "says"),
     [
         (_not_sqlite, "not a database"),
-        (_malformed, "database failed integrity_check"),
+        (_malformed, "database failed quick_check"),
     ],
     ids=["not SQLite", "malformed"],
 )

@@ -37,7 +37,7 @@ def test_defaults_reproduce_the_guides_layout(tmp_path: Path) -> None:
     assert layout.backups_dir == tmp_path / "backups"
     assert layout.database_optional is False
     assert s.retention.policy() == Policy(keep_last=7)
-    assert s.backup.check == "integrity"
+    assert s.backup.check == "quick" and s.restore.check == "integrity"
     assert s.backup.compression == "gzip"
     assert s.log_path == tmp_path / "backups" / ".aica-backup" / "aica-backup.log"
 

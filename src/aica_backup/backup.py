@@ -43,7 +43,7 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class BackupOptions:
-    check: CheckMode = "integrity"
+    check: CheckMode = "quick"
     compression: str = "gzip"
     level: int = 1
     threads: int = 0  # 0: all cores

@@ -1,17 +1,23 @@
 """Stream the app's files into a pax tar, hashing every member in the same read pass.
 
-Memory is bounded by the copy buffer whatever the data size. A file that shrinks while it is
-read is padded to its announced size (the tar header is already written) and recorded as a
-warning with its member; a file that grows is archived at the size it had when opened.
+The tar stream is assembled in one reusable buffer: file data is read straight into it
+(``readinto``), hashed there, and handed to the compressor a full buffer at a time, so each
+byte is copied once on its way from the page cache to the compressor and memory stays bounded
+by the buffer whatever the data size or member count. Headers come from :mod:`tarfile`
+(``TarInfo.tobuf``), so the output is the standard pax format plain ``tar`` reads. Header
+mtimes are whole seconds (a fractional one costs an extra pax record per member); the exact
+mtimes are in the manifest, and restore applies those.
+
+A file that shrinks while it is read is padded to its announced size (the tar header is
+already written) and recorded as a warning with its member; a file that grows is archived at
+the size it had when opened.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import hashlib
-import io
 import os
 import pwd
 import stat
@@ -23,8 +29,10 @@ from typing import IO
 from ..layout import Component
 from ..manifest import Member
 
-BUFFER = 1 << 20
+BUFFER = 1 << 20  # the compressor's block size: full blocks pass through its buffer untouched
 Progress = Callable[[int], None]
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
 
 
 @cache
@@ -43,52 +51,86 @@ def _group(gid: int) -> str:
         return ""
 
 
-class _ExactReader:
-    """Reads exactly ``size`` bytes from ``fh``, hashing them; zero-pads a file that shrank."""
-
-    def __init__(self, fh: IO[bytes], size: int, progress: Progress | None) -> None:
-        self.fh = fh
-        self.left = size
-        self.sha = hashlib.sha256()
-        self.shrank = False
-        self.progress = progress
-
-    def read(self, n: int) -> bytes:
-        n = min(n, self.left)
-        data = self.fh.read(n)
-        if len(data) < n:
-            self.shrank = True
-            data += bytes(n - len(data))
-        self.left -= n
-        self.sha.update(data)
-        if self.progress is not None:
-            self.progress(n)
-        return data
-
-
 class ArchiveWriter:
     """Writes members to a tar stream and remembers each one for the manifest."""
 
     def __init__(self, stream: IO[bytes], progress: Progress | None = None) -> None:
-        self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
-            fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=BUFFER
-        )
-        self._tar.copybufsize = BUFFER  # type: ignore[attr-defined]  # undocumented, 16 KB default
+        self._out = stream
+        self._buf = bytearray(BUFFER)
+        self._view = memoryview(self._buf)
+        self._pos = 0  # bytes of the buffer in use
+        self._offset = 0  # bytes of tar stream written, buffer included
+        self._closed = False
         self._progress = progress
         self.members: list[Member] = []
         self.warnings: list[str] = []
+
+    # -- the tar stream --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._pos:
+            self._out.write(self._view[: self._pos] if self._pos < BUFFER else self._buf)
+            self._pos = 0
+
+    def _put(self, data: bytes) -> None:
+        """Append small data (headers, padding) to the stream."""
+        view = memoryview(data)
+        while view:
+            n = min(len(view), BUFFER - self._pos)
+            self._view[self._pos : self._pos + n] = view[:n]
+            self._pos += n
+            self._offset += n
+            view = view[n:]
+            if self._pos == BUFFER:
+                self._flush()
+
+    def _pad(self, size: int) -> None:
+        if size % _BLOCK:
+            self._put(bytes(_BLOCK - size % _BLOCK))
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self._put(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def _data(self, fd: int, size: int) -> tuple[str, bool]:
+        """Copy ``size`` bytes of ``fd`` into the stream; return (SHA-256, whether it shrank)."""
+        sha = hashlib.sha256()
+        shrank = False
+        left = size
+        while left:
+            n = min(left, BUFFER - self._pos)
+            chunk = self._view[self._pos : self._pos + n]
+            got = 0
+            while got < n:
+                r = os.readv(fd, [chunk[got:]])
+                if r == 0:  # the file shrank since its size was taken
+                    chunk[got:] = bytes(n - got)
+                    shrank = True
+                    break
+                got += r
+            sha.update(chunk)
+            self._pos += n
+            self._offset += n
+            left -= n
+            if self._pos == BUFFER:
+                self._flush()
+            if self._progress is not None:
+                self._progress(n)
+        self._pad(size)
+        return sha.hexdigest(), shrank
+
+    # -- members ---------------------------------------------------------------------------
 
     def _info(self, arcname: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
         info = tarfile.TarInfo(arcname)
         info.type = kind
         info.mode = stat.S_IMODE(st.st_mode)
-        info.mtime = st.st_mtime
+        info.mtime = int(st.st_mtime)
         info.uid, info.gid = st.st_uid, st.st_gid
         info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
         return info
 
     def add_dir(self, arcname: str, st: os.stat_result, component: Component) -> None:
-        self._tar.addfile(self._info(arcname, st, tarfile.DIRTYPE))
+        self._header(self._info(arcname, st, tarfile.DIRTYPE))
         self.members.append(
             Member(arcname, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime, "", component)
         )
@@ -119,29 +161,24 @@ class ArchiveWriter:
                 self.warnings.append(f"{arcname}: not a regular file, not archived")
                 return False
             raise
-        with os.fdopen(fd, "rb", buffering=0) as fh:
+        try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 self.warnings.append(f"{arcname}: not a regular file, not archived")
                 return False
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             info = self._info(arcname, st, tarfile.REGTYPE)
             info.size = st.st_size
             if mode is not None:
                 info.mode = mode
-            reader = _ExactReader(fh, st.st_size, self._progress)
-            self._tar.addfile(info, reader)  # type: ignore[arg-type]
-        if reader.shrank:
+            self._header(info)
+            sha256, shrank = self._data(fd, st.st_size)
+        finally:
+            os.close(fd)
+        if shrank:
             self.warnings.append(f"{arcname}: shrank while being read; archived padded with zeros")
         self.members.append(
-            Member(
-                arcname,
-                "file",
-                st.st_size,
-                info.mode,
-                st.st_mtime,
-                reader.sha.hexdigest(),
-                component,
-            )
+            Member(arcname, "file", st.st_size, info.mode, st.st_mtime, sha256, component)
         )
         return True
 
@@ -150,23 +187,24 @@ class ArchiveWriter:
         info = tarfile.TarInfo(arcname)
         info.size = len(data)
         info.mode = mode
-        info.mtime = mtime
-        self._tar.addfile(info, io.BytesIO(data))
+        info.mtime = int(mtime)
+        self._header(info)
+        self._put(data)
+        self._pad(len(data))
 
     def close(self) -> None:
-        self._tar.close()
+        """End the archive as tar does: two zero blocks, then zeros to a whole record."""
+        if self._closed:
+            return
+        self._put(bytes(2 * _BLOCK))
+        if self._offset % _RECORD:
+            self._put(bytes(_RECORD - self._offset % _RECORD))
+        self._flush()
+        self._closed = True
 
     def abort(self) -> None:
-        """Give up after a failure: write nothing more (the caller deletes the output).
-
-        Without this, tarfile's stream finaliser flushes into the already closed output at
-        garbage collection and prints "Exception ignored … write to closed file" with a
-        traceback on stderr, after the one-line error.
-        """
-        self._tar.closed = True  # type: ignore[attr-defined]  # set by TarFile, not in stubs
-        # tarfile._Stream: with ``closed`` set, its __del__ and close() do nothing
-        with contextlib.suppress(AttributeError):  # (read-only on other file objects)
-            self._tar.fileobj.closed = True  # type: ignore[attr-defined]
+        """Give up after a failure: write nothing more (the caller deletes the output)."""
+        self._closed = True
 
     def __enter__(self) -> ArchiveWriter:
         return self

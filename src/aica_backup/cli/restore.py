@@ -222,7 +222,7 @@ def command(
     options = RestoreOptions(
         only=selected,
         dry_run=dry_run,
-        check=s.backup.check,
+        check=s.restore.check,
         identities=identities_for(s, path, identity),
         stop_command=s.restore.stop_command if use_app_hooks else "",
         start_command=s.restore.start_command if use_app_hooks else "",

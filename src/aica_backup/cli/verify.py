@@ -23,7 +23,7 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
         path,
         s.layout().meta_dir,
         identities=identities_for(s, path, identity),
-        check=s.backup.check,
+        check=s.restore.check,
     )
     catalog.record_verification(name, {k: report[k] for k in ("ok", "at", "how", "problems")})
     return report
@@ -66,7 +66,7 @@ def command(
                     outside,
                     s.layout().meta_dir,
                     identities=identities_for(s, outside, identity),
-                    check=s.backup.check,
+                    check=s.restore.check,
                 )
             )
         for name in names:
