@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from aica_backup.archive import Limits, ScanResult, check_against_manifest, scan_file
 from aica_backup.archive.reader import MAX_HEADER_BYTES, scan_archive
+from aica_backup.archive.writer import ustar_header
 from aica_backup.backup import BackupOptions, create_archive
 from aica_backup.codec import decompressing_reader
 from aica_backup.errors import ArchiveError, ExitCode
@@ -769,3 +770,44 @@ def test_every_bit_flip_of_a_tiny_archive_leaves_staging_contained(
     path.unlink()
     assert listing(tmp_path, skip=tmp_path / "work") == {k: v for k, v in before.items()}
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+
+
+# -- the writer's fast tar headers ---------------------------------------------------------
+
+_NAMES = st.one_of(
+    st.text(alphabet=st.characters(codec="ascii", exclude_characters="\x00"), max_size=110),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=110),
+).filter(bool)
+_OWNER = st.one_of(st.text(alphabet="abcdefgh_-0123456789", max_size=40), st.text(max_size=5))
+
+
+@given(
+    name=_NAMES,
+    is_dir=st.booleans(),
+    mode=st.integers(0, 0o7777),
+    uid=st.integers(0, 8**8),
+    gid=st.integers(0, 8**8),
+    size=st.integers(0, 8**12),
+    mtime=st.integers(0, 8**12),
+    uname=_OWNER,
+    gname=_OWNER,
+)
+@settings(max_examples=400)
+def test_fast_ustar_header_is_what_tarfile_writes(
+    name: str, is_dir: bool, mode: int, uid: int, gid: int, size: int, mtime: int,
+    uname: str, gname: str,
+) -> None:
+    kind = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    fast = ustar_header(name, kind, mode, uid, gid, size, mtime, uname, gname)
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
+    info.size, info.mtime, info.uname, info.gname = size, mtime, uname, gname
+    try:
+        expected = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    except (ValueError, UnicodeEncodeError):
+        assert fast is None or len(fast) == 512
+        return
+    if len(expected) == 512:  # no pax record needed: byte for byte tarfile's header
+        assert fast == expected
+    else:  # it declines exactly what tarfile writes with a pax record
+        assert fast is None

@@ -77,22 +77,21 @@ class BackupResult:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Source:
-    arcname: str
-    path: Path
-    component: Component
-    is_dir: bool
-    st: os.stat_result
+    """One upload to archive: 100,000 of them must stay cheap (plain strings, no Path)."""
+
+    arcname: str  # also its path under the app root
+    size: int
+    st: os.stat_result | None  # folders only: their mode, owner and mtime go in the header
 
 
 def _walk_uploads(layout: Layout) -> list[_Source]:
     """Every folder and regular file under uploads, sorted, folders before their contents."""
-    top = layout.uploads_path
-    base = layout.uploads
-    out: list[_Source] = [_Source(base, top, Component.UPLOADS, True, top.stat())]
+    top = str(layout.uploads_path)
+    out: list[_Source] = [_Source(layout.uploads, 0, os.stat(top))]
 
-    def walk(folder: Path, arc: str) -> None:
+    def walk(folder: str, arc: str) -> None:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -101,12 +100,12 @@ def _walk_uploads(layout: Layout) -> list[_Source]:
             child_arc = f"{arc}/{e.name}"
             st = e.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                out.append(_Source(child_arc, Path(e.path), Component.UPLOADS, True, st))
-                walk(Path(e.path), child_arc)
+                out.append(_Source(child_arc, 0, st))
+                walk(e.path, child_arc)
             else:  # links and special files are reported by the writer and skipped
-                out.append(_Source(child_arc, Path(e.path), Component.UPLOADS, False, st))
+                out.append(_Source(child_arc, st.st_size, None))
 
-    walk(top, base)
+    walk(top, layout.uploads)
     return out
 
 
@@ -170,7 +169,7 @@ def create_archive(
     snap = meta / f"{TMP_PREFIX}snapshot-{os.getpid()}.db"
     try:
         db_info: DatabaseInfo | None = None
-        total = sum(s.st.st_size for s in uploads if not s.is_dir)
+        total = sum(s.size for s in uploads)
         if config_present:
             total += layout.config_path.stat().st_size
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="check") as pool:
@@ -198,11 +197,12 @@ def create_archive(
                 if db_present:
                     db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
                     writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)
+                root = layout.root
                 for s in uploads:
-                    if s.is_dir:
-                        writer.add_dir(s.arcname, s.st, s.component)
+                    if s.st is not None:
+                        writer.add_dir(s.arcname, s.st, Component.UPLOADS)
                     else:
-                        writer.add_file(s.arcname, s.path, s.component)
+                        writer.add_file(s.arcname, f"{root}/{s.arcname}", Component.UPLOADS)
                 if config_present:
                     writer.add_file(layout.config, layout.config_path, Component.CONFIG)
                 if check is not None:
@@ -214,7 +214,7 @@ def create_archive(
                             hint="the live database is damaged: restore the newest good archive",
                         )
                 manifest = _manifest(layout, options, now, writer, db_info, uploads, config_present)
-                writer.add_bytes(MANIFEST_NAME, manifest.to_json(), 0o600, now.timestamp())
+                writer.add_bytes(MANIFEST_NAME, manifest.json_chunks(), 0o600, now.timestamp())
                 writer.close()
             timings["archive"] = time.perf_counter() - t0
         final = backups / name

@@ -26,7 +26,7 @@ MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One file or folder in the archive. ``sha256`` is empty for folders."""
 
@@ -101,7 +101,16 @@ class Manifest:
         }
 
     def to_json(self) -> bytes:
-        doc = {
+        return b"".join(self.json_chunks())
+
+    def json_chunks(self) -> list[bytes]:
+        """The manifest's JSON in pieces, one per member, so that it is never whole in memory
+        twice over (100,000 members are ~25 MB): the archive writer streams the pieces.
+
+        Compact, so json's C encoder writes it (with ``indent`` the pure-Python encoder took
+        seconds for 100,000 members); ``python -m json.tool`` pretty-prints it for reading.
+        """
+        head = {
             "format": FORMAT,
             "format_version": self.format_version,
             "tool_version": self.tool_version,
@@ -111,12 +120,17 @@ class Manifest:
             "app_name": self.app_name,
             "compression": self.compression,
             "components": {str(k): v.to_dict() for k, v in self.components.items()},
-            "members": [m.to_dict() for m in self.members],
-            "warnings": self.warnings,
         }
-        return json.dumps(doc, indent=1, ensure_ascii=True).encode("ascii") + b"\n"
+        chunks = [_JSON.encode(head)[:-1].encode("ascii") + b',"members":[']
+        chunks += [
+            (b"," if i else b"") + _JSON.encode(m.to_dict()).encode("ascii")
+            for i, m in enumerate(self.members)
+        ]
+        chunks.append(b'],"warnings":' + _JSON.encode(self.warnings).encode("ascii") + b"}\n")
+        return chunks
 
 
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _ABSENT = ComponentInfo(path="", present=False)
 
 

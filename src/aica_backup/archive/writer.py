@@ -33,6 +33,8 @@ BUFFER = 1 << 20  # the compressor's block size: full blocks pass through its bu
 Progress = Callable[[int], None]
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
+_ZEROS = bytes(_BLOCK)
+_MAX7, _MAX11 = 8**7, 8**11  # the largest numbers 8- and 12-byte octal fields hold
 
 
 @cache
@@ -49,6 +51,47 @@ def _group(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return ""
+
+
+def ustar_header(
+    name: str,
+    kind: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    uname: str,
+    gname: str,
+) -> bytes | None:
+    """The header ``TarInfo.tobuf(PAX_FORMAT)`` writes for a plain member, built ~10× faster.
+
+    Only for what needs no pax record: ASCII names that fit the 100-byte field, numbers that
+    fit their octal fields, a file or a folder. Anything else returns None (use tarfile).
+    The tests check it byte for byte against tarfile.
+    """
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    if not (name.isascii() and uname.isascii() and gname.isascii()):
+        return None
+    if len(name) > 100 or len(uname) > 32 or len(gname) > 32:
+        return None
+    if not (0 <= uid < _MAX7 and 0 <= gid < _MAX7 and 0 <= size < _MAX11 and 0 <= mtime < _MAX11):
+        return None
+    head = b"".join(
+        (
+            name.encode("ascii").ljust(100, b"\0"),
+            b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode & 0o7777, uid, gid, size, mtime),
+            kind,
+            bytes(100),  # link name
+            tarfile.POSIX_MAGIC,
+            uname.encode("ascii").ljust(32, b"\0"),
+            gname.encode("ascii").ljust(32, b"\0"),
+            bytes(_BLOCK - 329),  # device numbers, prefix, padding
+        )
+    )
+    # The checksum counts its own field as eight spaces (as in the head above).
+    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
 
 
 class ArchiveWriter:
@@ -74,6 +117,12 @@ class ArchiveWriter:
 
     def _put(self, data: bytes) -> None:
         """Append small data (headers, padding) to the stream."""
+        n = len(data)
+        if n < BUFFER - self._pos:  # the common case: it fits
+            self._buf[self._pos : self._pos + n] = data
+            self._pos += n
+            self._offset += n
+            return
         view = memoryview(data)
         while view:
             n = min(len(view), BUFFER - self._pos)
@@ -86,10 +135,19 @@ class ArchiveWriter:
 
     def _pad(self, size: int) -> None:
         if size % _BLOCK:
-            self._put(bytes(_BLOCK - size % _BLOCK))
+            self._put(_ZEROS[: _BLOCK - size % _BLOCK])
 
-    def _header(self, info: tarfile.TarInfo) -> None:
-        self._put(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+    def _header(
+        self, name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int
+    ) -> None:
+        uname, gname = _user(uid), _group(gid)
+        fast = ustar_header(name, kind, mode, uid, gid, size, mtime, uname, gname)
+        if fast is None:  # non-ASCII or long names, huge numbers: tarfile adds pax records
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
+            info.size, info.mtime, info.uname, info.gname = size, mtime, uname, gname
+            fast = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        self._put(fast)
 
     def _data(self, fd: int, size: int) -> tuple[str, bool]:
         """Copy ``size`` bytes of ``fd`` into the stream; return (SHA-256, whether it shrank)."""
@@ -120,20 +178,10 @@ class ArchiveWriter:
 
     # -- members ---------------------------------------------------------------------------
 
-    def _info(self, arcname: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(arcname)
-        info.type = kind
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.mtime = int(st.st_mtime)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
-        return info
-
     def add_dir(self, arcname: str, st: os.stat_result, component: Component) -> None:
-        self._header(self._info(arcname, st, tarfile.DIRTYPE))
-        self.members.append(
-            Member(arcname, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime, "", component)
-        )
+        mode = stat.S_IMODE(st.st_mode)
+        self._header(arcname, tarfile.DIRTYPE, mode, st.st_uid, st.st_gid, 0, int(st.st_mtime))
+        self.members.append(Member(arcname, "dir", 0, mode, st.st_mtime, "", component))
 
     def add_file(
         self,
@@ -166,31 +214,32 @@ class ArchiveWriter:
             if not stat.S_ISREG(st.st_mode):
                 self.warnings.append(f"{arcname}: not a regular file, not archived")
                 return False
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            info = self._info(arcname, st, tarfile.REGTYPE)
-            info.size = st.st_size
-            if mode is not None:
-                info.mode = mode
-            self._header(info)
+            if st.st_size > BUFFER:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if mode is None:
+                mode = stat.S_IMODE(st.st_mode)
+            self._header(
+                arcname, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, st.st_size, int(st.st_mtime)
+            )
             sha256, shrank = self._data(fd, st.st_size)
         finally:
             os.close(fd)
         if shrank:
             self.warnings.append(f"{arcname}: shrank while being read; archived padded with zeros")
         self.members.append(
-            Member(arcname, "file", st.st_size, info.mode, st.st_mtime, sha256, component)
+            Member(arcname, "file", st.st_size, mode, st.st_mtime, sha256, component)
         )
         return True
 
-    def add_bytes(self, arcname: str, data: bytes, mode: int, mtime: float) -> None:
-        """Add an in-memory member (the manifest); it is not listed in ``members``."""
-        info = tarfile.TarInfo(arcname)
-        info.size = len(data)
-        info.mode = mode
-        info.mtime = int(mtime)
-        self._header(info)
-        self._put(data)
-        self._pad(len(data))
+    def add_bytes(self, arcname: str, data: bytes | list[bytes], mode: int, mtime: float) -> None:
+        """Add an in-memory member (the manifest), given whole or in pieces; not in ``members``."""
+        chunks = [data] if isinstance(data, bytes) else data
+        size = sum(len(c) for c in chunks)
+        uid, gid = os.getuid(), os.getgid()
+        self._header(arcname, tarfile.REGTYPE, mode, uid, gid, size, int(mtime))
+        for chunk in chunks:
+            self._put(chunk)
+        self._pad(size)
 
     def close(self) -> None:
         """End the archive as tar does: two zero blocks, then zeros to a whole record."""
