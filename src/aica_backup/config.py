@@ -62,6 +62,7 @@ class BackupConfig(_Section):
     level: int | None = Field(default=None, ge=0, le=22)
     threads: int = Field(default=0, ge=0, le=256)
     nice: int = Field(default=10, ge=0, le=19)
+    idle_priority: bool = True
     database_optional: bool = False
     verify: bool = False
     lock_wait: float = Field(default=0, ge=0)

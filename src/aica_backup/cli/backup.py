@@ -32,6 +32,7 @@ def backup_options(s: Settings) -> BackupOptions:
         level=s.backup.effective_level,
         threads=s.backup.threads,
         recipients=recipients,
+        idle_priority=s.backup.idle_priority,
     )
 
 

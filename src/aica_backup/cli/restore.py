@@ -258,7 +258,7 @@ def command(
 
 def _safety_options(s: Settings) -> BackupOptions:
     # The current state is saved as it is, even damaged: that is when it matters most.
-    return replace(backup_options(s), check="none")
+    return replace(backup_options(s), check="none", idle_priority=False)  # the app is stopped
 
 
 def register(app: typer.Typer) -> None:
