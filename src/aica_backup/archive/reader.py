@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from ..errors import AicaBackupError, ArchiveError
 from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest, safe_member_path
 
 BUFFER = 1 << 20
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is an attack
 MAX_HEADER_CHAIN = 16  # header blocks before one member (pax + GNU long name/link: at most 3)
 MAX_TOTAL_HEADER_BYTES = 256 << 20  # all header blocks of one archive (global pax ones pile up)
@@ -49,6 +49,8 @@ class _SafeTarInfo(tarfile.TarInfo):
             raise ArchiveError(f"damaged tar header block: {exc}") from None
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type == tarfile.GNUTYPE_SPARSE:  # its map blocks would be read without bound
+            raise ArchiveError(f"refusing sparse file {self.name!r}")
         # tarfile reads a header member's whole payload into memory: refuse huge ones first.
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise ArchiveError(f"oversized tar header block ({self.size} bytes)")
@@ -136,23 +138,6 @@ def _entry(info: tarfile.TarInfo) -> Entry:
     )
 
 
-def _copy(
-    src: IO[bytes], size: int, sink: IO[bytes] | None, on_bytes: Callable[[int], None]
-) -> str:
-    sha = hashlib.sha256()
-    left = size
-    while left > 0:
-        chunk = src.read(min(BUFFER, left))
-        if not chunk:
-            raise ArchiveError("archive is truncated")
-        sha.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
-        left -= len(chunk)
-        on_bytes(len(chunk))
-    return sha.hexdigest()
-
-
 def scan_archive(
     stream: IO[bytes],
     *,
@@ -174,55 +159,53 @@ def scan_archive(
     total = 0
     count = 0
     try:
-        keeper = _TailKeeper(stream)
-        with tarfile.open(fileobj=keeper, mode="r|", bufsize=BUFFER, tarinfo=_SafeTarInfo) as tar:
-            for info in tar:
-                count += 1
-                if count > limits.max_members:
-                    raise ArchiveError(f"more than {limits.max_members} members: refusing")
-                if manifest_bytes is not None:
-                    raise ArchiveError(
-                        f"member {info.name!r} follows the manifest", member=info.name
-                    )
-                if info.isdir() and info.name.strip("/") in ("", "."):
-                    continue  # "./" as plain tar writes it: the archive's own root
-                entry = _entry(info)
-                if entry.path in files or entry.path in dirs:
-                    raise ArchiveError(f"member {entry.path!r} appears twice", member=entry.path)
-                if entry.type == "dir":
-                    dirs.add(entry.path)
-                    if on_dir is not None:
-                        on_dir(entry)
-                    continue
-                total += entry.size
-                if total > limits.max_bytes:
-                    raise ArchiveError(
-                        f"archive expands beyond {limits.max_bytes} bytes (at {entry.path!r}): "
-                        "refusing as a possible decompression bomb",
-                        member=entry.path,
-                    )
-                src = tar.extractfile(info)
-                if src is None:  # cannot happen for a regular file; never trust it
-                    raise ArchiveError(f"unreadable member {entry.path!r}", member=entry.path)
-                if entry.path == MANIFEST_NAME:
-                    if entry.size > MAX_MANIFEST_BYTES:
-                        raise ArchiveError(
-                            "manifest.json is implausibly large", member=MANIFEST_NAME
-                        )
-                    manifest_bytes = src.read(entry.size)
-                    if len(manifest_bytes) != entry.size:
-                        raise ArchiveError("archive is truncated")
-                    continue
-                sink = open_sink(entry) if open_sink is not None else None
-                try:
-                    files[entry.path] = (_copy(src, entry.size, sink, on_bytes), entry.size)
-                finally:
-                    if sink is not None:
-                        sink.close()
-                if on_file_done is not None:
-                    on_file_done(entry)
-            keeper.check_zeros_from(tar.offset)
-        _drain(stream)
+        feed = _Feed(stream)
+        # Mode "r" over a forward-only stream: tarfile parses the headers (pax, GNU long
+        # names) from the feed, and the member data is read here straight from its buffer.
+        tar = tarfile.TarFile(fileobj=feed, mode="r", tarinfo=_SafeTarInfo)  # type: ignore[arg-type]
+        while (info := tar.next()) is not None:
+            tar.members.clear()  # type: ignore[attr-defined]  # it keeps every TarInfo
+            count += 1
+            if count > limits.max_members:
+                raise ArchiveError(f"more than {limits.max_members} members: refusing")
+            if manifest_bytes is not None:
+                raise ArchiveError(f"member {info.name!r} follows the manifest", member=info.name)
+            if info.isdir() and info.name.strip("/") in ("", "."):
+                continue  # "./" as plain tar writes it: the archive's own root
+            entry = _entry(info)
+            if entry.path in files or entry.path in dirs:
+                raise ArchiveError(f"member {entry.path!r} appears twice", member=entry.path)
+            if entry.type == "dir":
+                dirs.add(entry.path)
+                if on_dir is not None:
+                    on_dir(entry)
+                continue
+            total += entry.size
+            if total > limits.max_bytes:
+                raise ArchiveError(
+                    f"archive expands beyond {limits.max_bytes} bytes (at {entry.path!r}): "
+                    "refusing as a possible decompression bomb",
+                    member=entry.path,
+                )
+            if entry.path == MANIFEST_NAME:
+                if entry.size > MAX_MANIFEST_BYTES:
+                    raise ArchiveError("manifest.json is implausibly large", member=MANIFEST_NAME)
+                manifest_bytes = feed.read(entry.size)
+                if len(manifest_bytes) != entry.size:
+                    raise ArchiveError("archive is truncated")
+                continue
+            sink = open_sink(entry) if open_sink is not None else None
+            try:
+                files[entry.path] = (feed.copy(entry.size, sink, on_bytes), entry.size)
+            finally:
+                if sink is not None:
+                    sink.close()
+            if on_file_done is not None:
+                on_file_done(entry)
+        # tarfile ends quietly at a short or missing header: only a real end marker will do.
+        if feed.last != _ZERO_BLOCK:
+            raise ArchiveError("archive is truncated (no end-of-archive marker)")
+        _drain(feed)
     except AicaBackupError:
         raise
     except _DECODE_ERRORS as exc:
@@ -236,47 +219,83 @@ def scan_archive(
     return ScanResult(parse_manifest(manifest_bytes), files, dirs, total)
 
 
-class _TailKeeper(io.RawIOBase):
-    """Passes the tar stream to tarfile, keeping the last two chunks it handed out.
+class _Feed:
+    """The decompressed tar stream, read forward only, one buffer for headers and data.
 
-    tarfile reads ``bufsize`` chunks, so the end marker and whatever follows it in the same
-    chunk sit in tarfile's private buffer, out of :func:`_drain`'s reach: garbage appended to
-    a small archive went unnoticed. :meth:`check_zeros_from` checks those bytes.
+    tarfile reads headers through :meth:`read` and skips padding through :meth:`seek`;
+    member data goes through :meth:`copy`, hashed and written from the buffer itself, with no
+    copies beyond the one out of the decompressor. :attr:`last` is the last block tarfile
+    read, so the end marker can be checked.
     """
 
     def __init__(self, inner: IO[bytes]) -> None:
-        super().__init__()
         self.inner = inner
-        self.served = 0
-        self.prev = b""
+        self.buf = b""
+        self.off = 0  # read position in buf
+        self.pos = 0  # position in the stream
         self.last = b""
 
-    def readable(self) -> bool:
-        return True
+    def _refill(self) -> bool:
+        self.buf = self.inner.read(BUFFER)
+        self.off = 0
+        return bool(self.buf)
 
     def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size)
-        self.served += len(data)
-        self.prev, self.last = self.last, data
+        if size < 0:
+            raise ArchiveError("unbounded read of the tar stream")
+        if self.off + size <= len(self.buf):  # the common case: it is in the buffer
+            data = self.buf[self.off : self.off + size]
+            self.off += size
+        else:
+            parts = [self.buf[self.off :]]
+            need = size - len(parts[0])
+            while need and self._refill():
+                parts.append(self.buf[:need])
+                self.off = len(parts[-1])
+                need -= self.off
+            data = b"".join(parts)
+        self.pos += len(data)
+        self.last = data
         return data
 
-    def check_zeros_from(self, offset: int) -> None:
-        """Every byte handed out from stream ``offset`` on (end marker, padding) must be 0."""
-        kept = self.prev + self.last
-        start = self.served - len(kept)
-        if offset < start:  # tarfile never reads two chunks ahead; refuse rather than guess
-            raise ArchiveError("cannot check the end of the tar archive")
-        tail = kept[offset - start :]
-        if tail.count(0) != len(tail):
-            raise ArchiveError("unexpected data after the end of the tar archive")
+    def copy(self, size: int, sink: IO[bytes] | None, on_bytes: Callable[[int], None]) -> str:
+        """Pass ``size`` bytes to ``sink`` (if any); return their SHA-256."""
+        sha = hashlib.sha256()
+        left = size
+        while left:
+            if self.off >= len(self.buf) and not self._refill():
+                raise ArchiveError("archive is truncated")
+            view = memoryview(self.buf)[self.off : self.off + left]
+            n = len(view)
+            sha.update(view)
+            while sink is not None and view:
+                view = view[sink.write(view) or 0 :]
+            self.off += n
+            self.pos += n
+            left -= n
+            on_bytes(n)
+        return sha.hexdigest()
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self.pos:
+            raise ArchiveError("tar stream asks to go backwards: refusing")
+        while self.pos < pos:
+            if not self.read(min(BUFFER, pos - self.pos)):
+                break  # end of data: the next header read reports it
+        return self.pos
 
 
-def _drain(stream: IO[bytes]) -> None:
+def _drain(feed: _Feed) -> None:
     """Read past the tar end marker to EOF: only zero padding may follow, and the
     decompressor checks its CRC/length trailer as it reaches the end."""
-    while chunk := stream.read(BUFFER):
-        if chunk.count(0) != len(chunk):
+    rest = feed.buf[feed.off :]
+    while rest:
+        if rest.count(0) != len(rest):
             raise ArchiveError("unexpected data after the end of the tar archive")
+        rest = feed.inner.read(BUFFER)
 
 
 def compare_with_manifest(result: ScanResult) -> list[tuple[str, str]]:
