@@ -296,7 +296,7 @@ def restore(
         for item in items:
             if item.new is not None:
                 _chown_like(Path(item.new), Path(item.live))
-        sync_to_disk()
+        sync_to_disk(work)
     except BaseException:
         _discard(work)
         raise
