@@ -124,7 +124,7 @@ def test_backup_creates_a_private_archive_named_by_local_time(app: App) -> None:
     assert stat.S_IMODE(app.backups.stat().st_mode) == 0o700
     assert proc.stdout.startswith(f"Backup created: {archive}")
     assert len(proc.stdout.strip().splitlines()) == 1  # one summary line off a terminal
-    assert "database integrity ok" in proc.stdout and "4 uploads" in proc.stdout
+    assert "database quick_check ok" in proc.stdout and "4 uploads" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr + log_text(app.backups)
     assert leftovers(app) == []
 

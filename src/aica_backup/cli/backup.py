@@ -41,7 +41,9 @@ def summary_line(result: BackupResult) -> str:
     parts = [human_size(result.size)]
     db = m.get("database") or {}
     if db.get("present"):
-        parts.append(f"database integrity {db.get('integrity')}")
+        check = db.get("check")
+        verdict = "not checked" if check in (None, "none") else f"{check} {db.get('integrity')}"
+        parts.append(f"database {verdict}")
     else:
         parts.append("no database")
     up = m.get("uploads") or {}
