@@ -38,6 +38,7 @@ from aica_backup.manifest import ComponentInfo, Manifest, Member
 from aica_backup.staging import stage
 from tests.support.app import SECRET, App, make_app
 from tests.support.fs import listing, tmpfs
+from tests.support.strategies import upload_name
 
 UPLOADS = "public/uploads"
 ARCHIVE_NAME = "backup_20240101_030000.tar.gz"
@@ -57,15 +58,7 @@ def scan_bytes(data: bytes, limits: Limits = Limits()) -> ScanResult:  # noqa: B
 # --------------------------------------------------------------------------------------------
 # Round trips of real files.
 
-# File names as users upload them: any Unicode (Japanese favoured) but '/' and NUL.
-name_st = st.text(
-    alphabet=st.one_of(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
-        st.sampled_from("日本語の報告書写真ファイル"),
-    ),
-    min_size=1,
-    max_size=16,
-).filter(lambda s: s not in (".", "..") and len(s.encode()) < 200)
+name_st = upload_name(16).filter(lambda s: len(s.encode()) < 200)
 Tree = dict[str, Any]  # name -> bytes (a file) or Tree (a folder)
 tree_st: st.SearchStrategy[Tree] = st.recursive(
     st.dictionaries(name_st, st.binary(max_size=3000), max_size=4),

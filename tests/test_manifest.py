@@ -21,6 +21,7 @@ from aica_backup.manifest import (
     parse_manifest,
     safe_member_path,
 )
+from tests.support.strategies import upload_name
 
 DB = "backend/aica_sys.db"
 UPLOADS = "public/uploads"
@@ -28,16 +29,7 @@ CONFIG = ".env.production"
 SHA = "ab" * 32
 HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 
-# One path segment as users name uploads: any Unicode but '/' and NUL (and no lone
-# surrogates, which JSON round-trips but no real file name produces), Japanese favoured.
-segment = st.text(
-    alphabet=st.one_of(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
-        st.sampled_from("日本語の報告書ファイル写真アップロード"),
-    ),
-    min_size=1,
-    max_size=12,
-).filter(lambda s: s not in (".", ".."))
+segment = upload_name(12)
 
 
 def _manifest(members: list[Member], created: datetime | None = None) -> Manifest:
