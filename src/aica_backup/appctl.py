@@ -97,13 +97,12 @@ def _process(pid: int) -> psutil.Process | None:
 
 
 def _answers(url: str) -> bool:
-    """Whether anything still answers HTTP at ``url`` (any status)."""
+    """Whether the app still answers 200 at ``url``. An error status counts as gone: a proxy
+    in front of a stopped app answers 502, and must not hold the restore up."""
     try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - configured URL
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - configured URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):  # HTTPError included
         return False
 
 
