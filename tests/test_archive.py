@@ -316,6 +316,19 @@ def _pax_sparse(_outside: Path) -> bytes:
     return gz(tar_of(with_manifest([*honest(), (info, data)])))
 
 
+def _global_pax_header(_outside: Path) -> bytes:
+    glob = tarfile.TarInfo("pax_global_header")
+    glob.type = tarfile.XGLTYPE
+    glob.pax_headers = {f"k{i}": "v" for i in range(1000)}
+    return gz(tar_of(with_manifest([(glob, None), *honest()])))
+
+
+def _negative_size(_outside: Path) -> bytes:
+    info, _ = member(f"{UPLOADS}/evil")
+    info.pax_headers = {"size": "-1"}
+    return gz(tar_of(with_manifest([*honest(), (info, None)])))
+
+
 def _oversized_header(kind: bytes) -> Callable[[Path], bytes]:
     def make(_outside: Path) -> bytes:
         # Announces 1 GiB of header data, then the stream simply goes on: a reader that took
@@ -462,6 +475,10 @@ HOSTILE: dict[str, Hostile] = {
         _oversized_header(tarfile.GNUTYPE_LONGNAME), "oversized tar header"
     ),
     "thousands of pax headers in a row": Hostile(_header_chain, "too many tar header blocks"),
+    "global pax header (every key applied to every member)": Hostile(
+        _global_pax_header, "refusing global pax header"
+    ),
+    "negative member size (a reader looping forever)": Hostile(_negative_size, "negative size"),
     "member after manifest.json": Hostile(_after_manifest, "follows the manifest"),
     "duplicate member": Hostile(_duplicate, "appears twice"),
     "folder and file of one name": Hostile(_dir_then_file, "appears twice"),

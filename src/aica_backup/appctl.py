@@ -8,6 +8,7 @@ command, waits until the files are free, restores, runs the start command and ch
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,9 @@ from .errors import BusyError
 from .holders import Holder, find_holders
 
 DB_SIDE_FILES = ("-wal", "-shm", "-journal")
+# Every way a health URL can fail: refused, timed out, a malformed URL (a typo'd port), a
+# server speaking broken HTTP. None of them may escape a stop, a start or a rollback.
+_HTTP_FAILURES = (urllib.error.URLError, OSError, http.client.HTTPException, ValueError)
 
 
 def database_files(db: Path) -> list[Path]:
@@ -102,7 +106,7 @@ def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - configured URL
             return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):  # HTTPError included
+    except _HTTP_FAILURES:  # HTTPError included
         return False
 
 
@@ -118,7 +122,7 @@ def wait_healthy(url: str, timeout: float) -> None:
                 last = f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(getattr(exc, "reason", exc))
+        except _HTTP_FAILURES as exc:
+            last = str(getattr(exc, "reason", exc)) or type(exc).__name__
         time.sleep(0.5)
     raise BusyError(f"health check {url} failed after {timeout:.0f} s: {last}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -198,7 +199,13 @@ def sync_to_disk(folder: Path) -> None:
     """
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _syncfs is None or _syncfs(fd) != 0:
+        if _syncfs is None:
+            os.sync()
+        elif _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            if err != errno.ENOSYS:  # a write-back error (EIO): the staged data is not safe
+                failure = OSError(err, os.strerror(err))
+                raise storage_error(f"cannot flush {folder} to disk", failure)
             os.sync()
     finally:
         os.close(fd)

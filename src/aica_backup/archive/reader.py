@@ -51,9 +51,15 @@ class _SafeTarInfo(tarfile.TarInfo):
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         if self.type == tarfile.GNUTYPE_SPARSE:  # its map blocks would be read without bound
             raise ArchiveError(f"refusing sparse file {self.name!r}")
+        if self.size < 0:
+            raise ArchiveError(f"negative size in tar header of {self.name!r}")
         # tarfile reads a header member's whole payload into memory: refuse huge ones first.
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise ArchiveError(f"oversized tar header block ({self.size} bytes)")
+        if self.type == tarfile.XGLTYPE:
+            # tarfile applies every global pax key to every later member: a few MB of them
+            # cost minutes a member and GBs of memory. aica-backup never writes one.
+            raise ArchiveError("refusing global pax header (not written by aica-backup)")
         # tarfile also recurses once per header block in a row (a few thousand of them raised
         # RecursionError), and keeps global pax headers for the whole stream: cap both.
         state = tarfile_.__dict__
@@ -117,6 +123,8 @@ def _entry(info: tarfile.TarInfo) -> Entry:
     path = safe_member_path(info.name)
     if path is None:
         raise ArchiveError(f"unsafe member name {info.name!r}", member=info.name)
+    if info.size < 0:  # a pax "size" record is applied after the header checks
+        raise ArchiveError(f"negative size for member {path!r}", member=path)
     if info.sparse is not None or info.type not in (
         tarfile.REGTYPE,
         tarfile.AREGTYPE,
@@ -262,7 +270,7 @@ class _Feed:
         """Pass ``size`` bytes to ``sink`` (if any); return their SHA-256."""
         sha = hashlib.sha256()
         left = size
-        while left:
+        while left > 0:
             if self.off >= len(self.buf) and not self._refill():
                 raise ArchiveError("archive is truncated")
             view = memoryview(self.buf)[self.off : self.off + left]
