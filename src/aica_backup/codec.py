@@ -166,30 +166,3 @@ class HashingWriter(io.RawIOBase):
 
     def flush(self) -> None:
         self.inner.flush()
-
-
-class HashingReader(io.RawIOBase):
-    """A read-through wrapper that counts and SHA-256-hashes every byte read from ``inner``."""
-
-    def __init__(self, inner: IO[bytes]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.sha.update(data)
-        self.size += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size)
-        self.sha.update(data)
-        self.size += len(data)
-        return data

@@ -26,7 +26,6 @@ BUFFER = 1 << 20
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is an attack
 MAX_HEADER_CHAIN = 16  # header blocks before one member (pax + GNU long name/link: at most 3)
-MAX_TOTAL_HEADER_BYTES = 256 << 20  # all header blocks of one archive (global pax ones pile up)
 _HEADER_TYPES = (
     tarfile.XHDTYPE,
     tarfile.XGLTYPE,
@@ -61,15 +60,13 @@ class _SafeTarInfo(tarfile.TarInfo):
             # cost minutes a member and GBs of memory. aica-backup never writes one.
             raise ArchiveError("refusing global pax header (not written by aica-backup)")
         # tarfile also recurses once per header block in a row (a few thousand of them raised
-        # RecursionError), and keeps global pax headers for the whole stream: cap both.
+        # RecursionError): cap the chain. Each block is dropped once its member is read, so
+        # with global headers refused nothing piles up across the archive.
         state = tarfile_.__dict__
         if self.type in _HEADER_TYPES:
             state["_aica_chain"] = state.get("_aica_chain", 0) + 1
-            state["_aica_header_bytes"] = state.get("_aica_header_bytes", 0) + self.size
             if state["_aica_chain"] > MAX_HEADER_CHAIN:
                 raise ArchiveError("too many tar header blocks in a row")
-            if state["_aica_header_bytes"] > MAX_TOTAL_HEADER_BYTES:
-                raise ArchiveError("tar header blocks exceed their total size cap")
         else:
             state["_aica_chain"] = 0
         return super()._proc_member(tarfile_)  # type: ignore[misc]
