@@ -118,6 +118,17 @@ def test_round_trip(members: list[Member], offset_minutes: int) -> None:
     assert parse_manifest(parsed.to_json()) == parsed
 
 
+@settings(max_examples=60, deadline=None)
+@given(member_lists())
+def test_member_json_is_what_json_dumps_writes(members: list[Member]) -> None:
+    for m in members:
+        assert m.to_json() == json.dumps(m.to_dict(), separators=(",", ":"))
+    # the pieces the archive writer streams make one document, whatever the member count
+    many = members * 700
+    doc = json.loads(b"".join(_manifest(many).json_chunks()))
+    assert doc["members"] == [m.to_dict() for m in many]
+
+
 def test_japanese_names_round_trip_and_summary() -> None:
     members = [Member(f"{UPLOADS}/報告書 2024.txt", "file", 5, 0o644, 1.0, SHA, Component.UPLOADS)]
     parsed = parse_manifest(_manifest(members).to_json())

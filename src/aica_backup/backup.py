@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import operator
 import os
 import socket
 import stat
@@ -87,24 +88,32 @@ class _Source:
     st: os.stat_result | None  # folders only: their mode, owner and mtime go in the header
 
 
-def _walk_uploads(layout: Layout) -> list[_Source]:
-    """Every folder and regular file under uploads, sorted, folders before their contents."""
+_by_name = operator.attrgetter("name")
+
+
+def _walk_uploads(layout: Layout, sizes: bool) -> list[_Source]:
+    """Every folder and regular file under uploads, sorted, folders before their contents.
+
+    Files are told from folders by the directory entry's type, without a stat: the writer
+    takes each file's size from the file it opens. ``sizes``: stat files too (a progress
+    bar's total).
+    """
     top = str(layout.uploads_path)
     out: list[_Source] = [_Source(layout.uploads, 0, os.stat(top))]
 
     def walk(folder: str, arc: str) -> None:
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(folder), key=_by_name)
         except OSError as exc:
             raise storage_error(f"cannot read uploads folder {folder}", exc) from exc
         for e in entries:
             child_arc = f"{arc}/{e.name}"
-            st = e.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                out.append(_Source(child_arc, 0, st))
+            if e.is_dir(follow_symlinks=False):
+                out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
                 walk(e.path, child_arc)
             else:  # links and special files are reported by the writer and skipped
-                out.append(_Source(child_arc, st.st_size, None))
+                size = e.stat(follow_symlinks=False).st_size if sizes else 0
+                out.append(_Source(child_arc, size, None))
 
     walk(top, layout.uploads)
     return out
@@ -160,7 +169,11 @@ def create_archive(
             f"database not found: {layout.database_path}",
             hint="check paths.database, or set backup.database_optional = true",
         )
-    uploads = _walk_uploads(layout) if _present(layout.uploads_path, want_dir=True) else []
+    uploads = (
+        _walk_uploads(layout, sizes=progress is not None)
+        if _present(layout.uploads_path, want_dir=True)
+        else []
+    )
     config_present = _present(layout.config_path, want_dir=False)
 
     name = new_name(
@@ -186,26 +199,26 @@ def create_archive(
                 check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
             done = 0
 
-            def advance(n: int) -> None:
+            def advance(n: int) -> None:  # n bytes of tar stream (headers included)
                 nonlocal done
                 done += n
                 if progress is not None:
-                    progress(done, total, "archiving")
+                    progress(min(done, total), total, "archiving")
 
             t0 = time.perf_counter()
             # on an error the writer is aborted, so nothing more is flushed at exit
             with _output(tmp, options) as (stream, hasher), ArchiveWriter(
-                stream, advance
+                stream, advance if progress is not None else None
             ) as writer:
                 if db_present:
                     db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
                     writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)
-                root = layout.root
+                root, add_file, add_dir = str(layout.root), writer.add_file, writer.add_dir
                 for s in uploads:
                     if s.st is not None:
-                        writer.add_dir(s.arcname, s.st, Component.UPLOADS)
+                        add_dir(s.arcname, s.st, Component.UPLOADS)
                     else:
-                        writer.add_file(s.arcname, f"{root}/{s.arcname}", Component.UPLOADS)
+                        add_file(s.arcname, f"{root}/{s.arcname}", Component.UPLOADS)
                 if config_present:
                     writer.add_file(layout.config, layout.config_path, Component.CONFIG)
                 if check is not None:

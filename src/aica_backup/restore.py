@@ -276,6 +276,7 @@ def restore(
             identities=options.identities,
             check=options.check,
             progress=progress,
+            writeback=True,
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
         staged.raise_if_bad()
@@ -296,7 +297,9 @@ def restore(
         for item in items:
             if item.new is not None:
                 _chown_like(Path(item.new), Path(item.live))
+        t0 = time.perf_counter()
         sync_to_disk(work)
+        timings["flush_to_disk"] = time.perf_counter() - t0
     except BaseException:
         _discard(work)
         raise

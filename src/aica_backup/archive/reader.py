@@ -150,6 +150,7 @@ def scan_archive(
     open_sink: OpenSink | None = None,
     on_dir: OnEntry | None = None,
     on_file_done: OnEntry | None = None,
+    before_close: Callable[[IO[bytes]], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Read a decompressed tar stream to its end; hash every file; return what it held.
@@ -202,6 +203,8 @@ def scan_archive(
             sink = open_sink(entry) if open_sink is not None else None
             try:
                 files[entry.path] = (feed.copy(entry.size, sink, on_bytes), entry.size)
+                if sink is not None and before_close is not None:
+                    before_close(sink)
             finally:
                 if sink is not None:
                     sink.close()

@@ -24,6 +24,7 @@ import stat
 import tarfile
 from collections.abc import Callable
 from functools import cache
+from stat import S_ISREG
 from typing import IO
 
 from ..layout import Component
@@ -38,19 +39,42 @@ _MAX7, _MAX11 = 8**7, 8**11  # the largest numbers 8- and 12-byte octal fields h
 
 
 @cache
-def _user(uid: int) -> str:
+def _names(uid: int, gid: int) -> tuple[str, str]:
+    """The user and group names of a uid and gid ("" where there is none)."""
     try:
-        return pwd.getpwuid(uid).pw_name
+        uname = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return ""
+        uname = ""
+    try:
+        gname = grp.getgrgid(gid).gr_name
+    except KeyError:
+        gname = ""
+    return uname, gname
 
 
 @cache
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return ""
+def _fixed(
+    kind: bytes, mode: int, uid: int, gid: int, uname: str, gname: str
+) -> tuple[bytes, bytes, int] | None:
+    """The header fields that members share: bytes 100-124 (mode, uid, gid), bytes 156-512
+    (type, empty link name, magic, owner names, zeros), and the sum of both with the
+    checksum field counted as eight spaces. None when any of them needs a pax record."""
+    if not (uname.isascii() and gname.isascii()) or len(uname) > 32 or len(gname) > 32:
+        return None
+    if not (0 <= uid < _MAX7 and 0 <= gid < _MAX7):
+        return None
+    owner = b"%07o\0%07o\0%07o\0" % (mode & 0o7777, uid, gid)
+    tail = b"".join(
+        (
+            kind,
+            bytes(100),  # link name
+            tarfile.POSIX_MAGIC,
+            uname.encode("ascii").ljust(32, b"\0"),
+            gname.encode("ascii").ljust(32, b"\0"),
+            bytes(_BLOCK - 329),  # device numbers, prefix, padding
+        )
+    )
+    return owner, tail, sum(owner) + sum(tail) + 8 * ord(" ")
 
 
 def ustar_header(
@@ -68,30 +92,35 @@ def ustar_header(
 
     Only for what needs no pax record: ASCII names that fit the 100-byte field, numbers that
     fit their octal fields, a file or a folder. Anything else returns None (use tarfile).
+    Per member only the name, size and mtime are formatted and summed; the rest comes cached.
     The tests check it byte for byte against tarfile.
     """
+    fixed = _fixed(kind, mode, uid, gid, uname, gname)
+    if fixed is None or not (0 <= size < _MAX11 and 0 <= mtime < _MAX11):
+        return None
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
-    if not (name.isascii() and uname.isascii() and gname.isascii()):
+    if len(name) > 100 or not name.isascii():
         return None
-    if len(name) > 100 or len(uname) > 32 or len(gname) > 32:
-        return None
-    if not (0 <= uid < _MAX7 and 0 <= gid < _MAX7 and 0 <= size < _MAX11 and 0 <= mtime < _MAX11):
-        return None
-    head = b"".join(
-        (
-            name.encode("ascii").ljust(100, b"\0"),
-            b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode & 0o7777, uid, gid, size, mtime),
-            kind,
-            bytes(100),  # link name
-            tarfile.POSIX_MAGIC,
-            uname.encode("ascii").ljust(32, b"\0"),
-            gname.encode("ascii").ljust(32, b"\0"),
-            bytes(_BLOCK - 329),  # device numbers, prefix, padding
-        )
-    )
-    # The checksum counts its own field as eight spaces (as in the head above).
-    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
+    owner, tail, fixed_sum = fixed
+    raw = name.encode("ascii")
+    times = b"%011o\0%011o\0" % (size, mtime)
+    checksum = b"%06o\0 " % (sum(raw) + sum(times) + fixed_sum)
+    return b"".join((raw, bytes(100 - len(raw)), owner, times, checksum, tail))
+
+
+def _fill(fd: int, chunk: memoryview) -> bool:
+    """Read ``len(chunk)`` bytes of ``fd`` into ``chunk``; True if the file ended first (it
+    shrank since its size was taken: the rest is zeros)."""
+    want = len(chunk)
+    got = os.readv(fd, [chunk])
+    while got < want:  # a short read: rare for regular files, but allowed
+        r = os.readv(fd, [chunk[got:]])
+        if r == 0:
+            chunk[got:] = bytes(want - got)
+            return True
+        got += r
+    return False
 
 
 class ArchiveWriter:
@@ -113,6 +142,8 @@ class ArchiveWriter:
     def _flush(self) -> None:
         if self._pos:
             self._out.write(self._view[: self._pos] if self._pos < BUFFER else self._buf)
+            if self._progress is not None:
+                self._progress(self._pos)
             self._pos = 0
 
     def _put(self, data: bytes) -> None:
@@ -139,15 +170,36 @@ class ArchiveWriter:
 
     def _header(
         self, name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int
-    ) -> None:
-        uname, gname = _user(uid), _group(gid)
+    ) -> bytes:
+        uname, gname = _names(uid, gid)
         fast = ustar_header(name, kind, mode, uid, gid, size, mtime, uname, gname)
-        if fast is None:  # non-ASCII or long names, huge numbers: tarfile adds pax records
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
-            info.size, info.mtime, info.uname, info.gname = size, mtime, uname, gname
-            fast = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
-        self._put(fast)
+        if fast is not None:
+            return fast
+        # non-ASCII or long names, huge numbers: tarfile adds pax records
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
+        info.size, info.mtime, info.uname, info.gname = size, mtime, uname, gname
+        return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+    def _small(self, header: bytes, fd: int, size: int) -> tuple[str, bool] | None:
+        """Header, data and padding of a member that fits in the buffer, in one go (most
+        uploads): a single read straight into place. None if it does not fit."""
+        pos = self._pos
+        start = pos + len(header)
+        end = start + size
+        padded = end + (-size % _BLOCK)
+        if padded > BUFFER:
+            return None
+        buf = self._buf
+        buf[pos:start] = header
+        chunk = self._view[start:end]
+        shrank = _fill(fd, chunk) if size else False
+        buf[end:padded] = _ZEROS[: padded - end]
+        self._pos = padded
+        self._offset += padded - pos
+        if padded == BUFFER:
+            self._flush()
+        return hashlib.sha256(chunk).hexdigest(), shrank
 
     def _data(self, fd: int, size: int) -> tuple[str, bool]:
         """Copy ``size`` bytes of ``fd`` into the stream; return (SHA-256, whether it shrank)."""
@@ -157,22 +209,13 @@ class ArchiveWriter:
         while left:
             n = min(left, BUFFER - self._pos)
             chunk = self._view[self._pos : self._pos + n]
-            got = 0
-            while got < n:
-                r = os.readv(fd, [chunk[got:]])
-                if r == 0:  # the file shrank since its size was taken
-                    chunk[got:] = bytes(n - got)
-                    shrank = True
-                    break
-                got += r
+            shrank = _fill(fd, chunk) or shrank
             sha.update(chunk)
             self._pos += n
             self._offset += n
             left -= n
             if self._pos == BUFFER:
                 self._flush()
-            if self._progress is not None:
-                self._progress(n)
         self._pad(size)
         return sha.hexdigest(), shrank
 
@@ -180,7 +223,9 @@ class ArchiveWriter:
 
     def add_dir(self, arcname: str, st: os.stat_result, component: Component) -> None:
         mode = stat.S_IMODE(st.st_mode)
-        self._header(arcname, tarfile.DIRTYPE, mode, st.st_uid, st.st_gid, 0, int(st.st_mtime))
+        self._put(
+            self._header(arcname, tarfile.DIRTYPE, mode, st.st_uid, st.st_gid, 0, int(st.st_mtime))
+        )
         self.members.append(Member(arcname, "dir", 0, mode, st.st_mtime, "", component))
 
     def add_file(
@@ -211,24 +256,27 @@ class ArchiveWriter:
             raise
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not S_ISREG(st.st_mode):
                 self.warnings.append(f"{arcname}: not a regular file, not archived")
                 return False
-            if st.st_size > BUFFER:
+            size = st.st_size
+            if size > BUFFER:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             if mode is None:
-                mode = stat.S_IMODE(st.st_mode)
-            self._header(
-                arcname, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, st.st_size, int(st.st_mtime)
+                mode = st.st_mode & 0o7777
+            header = self._header(
+                arcname, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, int(st.st_mtime)
             )
-            sha256, shrank = self._data(fd, st.st_size)
+            done = self._small(header, fd, size)
+            if done is None:
+                self._put(header)
+                done = self._data(fd, size)
+            sha256, shrank = done
         finally:
             os.close(fd)
         if shrank:
             self.warnings.append(f"{arcname}: shrank while being read; archived padded with zeros")
-        self.members.append(
-            Member(arcname, "file", st.st_size, mode, st.st_mtime, sha256, component)
-        )
+        self.members.append(Member(arcname, "file", size, mode, st.st_mtime, sha256, component))
         return True
 
     def add_bytes(self, arcname: str, data: bytes | list[bytes], mode: int, mtime: float) -> None:
@@ -236,7 +284,7 @@ class ArchiveWriter:
         chunks = [data] if isinstance(data, bytes) else data
         size = sum(len(c) for c in chunks)
         uid, gid = os.getuid(), os.getgid()
-        self._header(arcname, tarfile.REGTYPE, mode, uid, gid, size, int(mtime))
+        self._put(self._header(arcname, tarfile.REGTYPE, mode, uid, gid, size, int(mtime)))
         for chunk in chunks:
             self._put(chunk)
         self._pad(size)

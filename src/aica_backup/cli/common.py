@@ -93,9 +93,10 @@ def is_terminal() -> bool:
 
 @contextlib.contextmanager
 def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
-    """Yield ``update(done, total, phase)``: a Rich bar on a terminal, a no-op otherwise."""
+    """Yield ``update(done, total, phase)`` for a Rich bar on a terminal, None otherwise
+    (so the work skips its progress bookkeeping altogether)."""
     if not enabled or not err.is_terminal:
-        yield lambda _done, _total, _phase: None
+        yield None
         return
     with Progress(
         TextColumn("[bold]{task.description}"),

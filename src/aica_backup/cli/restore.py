@@ -243,7 +243,7 @@ def command(
             done += n
             update(done, 0, "unpacking and verifying")
 
-        result = restore(layout, path, options, progress=advance)
+        result = restore(layout, path, options, progress=advance if update else None)
     undo = undo_command(layout, result)
     if json_out:
         emit_json({**result.to_dict(), "undo_command": undo})

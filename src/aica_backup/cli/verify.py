@@ -59,7 +59,8 @@ def command(
             )
     reports: list[dict[str, Any]] = []
     with progress_bar("verify", not json_out) as update:
-        update(0, 0, "reading")
+        if update is not None:
+            update(0, 0, "reading")
         if outside is not None:
             reports.append(
                 verify_archive(
