@@ -194,6 +194,26 @@ def test_backup_json(app: App) -> None:
     assert report["pruned"] == []
 
 
+def test_uploads_are_listed_after_the_database_snapshot(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload saved, and its row committed, while the snapshot is taken is in the archive:
+    a restored row never names a file the archive lacks."""
+    import aica_backup.backup as backup_module
+
+    real = backup_module.take_snapshot
+
+    def snapshot_then_upload(source: Path, dest: Path) -> str:
+        mode = real(source, dest)
+        (app.uploads / "saved-during-snapshot.png").write_bytes(b"new upload")
+        return mode
+
+    monkeypatch.setattr(backup_module, "take_snapshot", snapshot_then_upload)
+    result = create_archive(Layout(root=app.root))
+    paths = {m.path for m in result.manifest.members}
+    assert "public/uploads/saved-during-snapshot.png" in paths
+
+
 def test_missing_uploads_folder_is_recorded_absent(app: App) -> None:
     for p in sorted(app.uploads.rglob("*"), reverse=True):
         p.rmdir() if p.is_dir() else p.unlink()

@@ -4,8 +4,9 @@ The caller holds the lock (:mod:`aica_backup.lock`). Order of work, chosen for s
 
 1. the database is copied through SQLite's backup API into a temp snapshot beside the archives;
 2. the snapshot's integrity check starts in a thread (sqlite releases the GIL) while
-3. the snapshot, the uploads and the config stream into tar → gzip (threaded) → temp file, every
-   member hashed as it passes; the database goes first so a restore can check it early;
+3. the uploads are listed (after the snapshot, so every upload a snapshot row names is there),
+   and the snapshot, the uploads and the config stream into tar → gzip (threaded) → temp file,
+   every member hashed as it passes; the database goes first so a restore can check it early;
 4. the manifest, holding every checksum and the check's result, is the last member;
 5. the temp file is fsynced and renamed to its final name, and the folder fsynced.
 
@@ -169,12 +170,6 @@ def create_archive(
             f"database not found: {layout.database_path}",
             hint="check paths.database, or set backup.database_optional = true",
         )
-    uploads = (
-        _walk_uploads(layout, sizes=progress is not None)
-        if _present(layout.uploads_path, want_dir=True)
-        else []
-    )
-    config_present = _present(layout.config_path, want_dir=False)
 
     name = new_name(
         backups, kind, now, archive_suffix(options.compression, bool(options.recipients))
@@ -183,9 +178,7 @@ def create_archive(
     snap = meta / f"{TMP_PREFIX}snapshot-{os.getpid()}.db"
     try:
         db_info: DatabaseInfo | None = None
-        total = sum(s.size for s in uploads)
-        if config_present:
-            total += layout.config_path.stat().st_size
+        total = 0
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="check") as pool:
             check: concurrent.futures.Future[DatabaseInfo] | None = None
             if db_present:
@@ -197,6 +190,17 @@ def create_archive(
                 timings["snapshot"] = time.perf_counter() - t0
                 total += snap.stat().st_size
                 check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
+            # Uploads are listed after the snapshot: a file the app saved before committing
+            # the row that names it is then always in the archive with that row.
+            uploads = (
+                _walk_uploads(layout, sizes=progress is not None)
+                if _present(layout.uploads_path, want_dir=True)
+                else []
+            )
+            config_present = _present(layout.config_path, want_dir=False)
+            total += sum(s.size for s in uploads)
+            if config_present:
+                total += layout.config_path.stat().st_size
             done = 0
 
             def advance(n: int) -> None:  # n bytes of tar stream (headers included)
