@@ -366,3 +366,50 @@ def test_restore_refuses_while_a_process_holds_the_database(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_verified_database_is_not_fully_checked_again(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    """verify's full check holds for the same bytes: restore then runs a quick_check only,
+    unless --full-check; a record for other bytes is ignored."""
+    app, archive, state_a, _ = ab
+    first = json.loads(app.run("restore", str(archive), "--yes", "--json").stdout)
+    assert first["database_check"] == "integrity_check"  # never verified: the full check
+    app.run("verify", archive.name)
+    again = json.loads(app.run("restore", str(archive), "--yes", "--json").stdout)
+    assert again["database_check"].startswith("quick_check; integrity_check passed")
+    assert fingerprint(app) == state_a
+    full = json.loads(app.run("restore", archive.name, "--yes", "--full-check", "--json").stdout)
+    assert full["database_check"] == "integrity_check"
+
+    index = next((app.backups / ".aica-backup").rglob(f"{archive.name}.json"))
+    doc = json.loads(index.read_text())
+    doc["verification"]["database_sha256"] = "0" * 64  # a record for some other database
+    index.write_text(json.dumps(doc))
+    other = json.loads(app.run("restore", str(archive), "--yes", "--json").stdout)
+    assert other["database_check"] == "integrity_check"
+
+
+def test_a_swapped_in_database_that_is_not_the_checked_file_rolls_back(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aica_backup.errors import RolledBackError
+    from aica_backup.journal import Journal
+    from aica_backup.layout import Layout
+    from aica_backup.restore import RestoreOptions, restore
+
+    app, archive, _, state_b = ab
+    real_swap = Journal.swap
+
+    def swap_then_replace(self: Journal) -> None:
+        real_swap(self)
+        copy = app.db.with_name("other.db")
+        copy.write_bytes(app.db.read_bytes())  # same bytes, another file
+        os.replace(copy, app.db)
+
+    monkeypatch.setattr(Journal, "swap", swap_then_replace)
+    with pytest.raises(RolledBackError, match="not the database file that was checked"):
+        restore(Layout(root=app.root), archive, RestoreOptions())
+    assert fingerprint(app) == state_b

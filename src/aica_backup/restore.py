@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .fsutil import check_writable_dir, ensure_private_dir, nearest_existing, sa
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
 from .retention import Policy
-from .snapshot import CheckMode, integrity_of
+from .snapshot import CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, stage, sync_to_disk
 
 
@@ -47,6 +48,9 @@ class RestoreOptions:
     health_timeout: float = 30
     safety_keep: int = 3
     safety_options: BackupOptions = field(default_factory=lambda: BackupOptions(check="none"))
+    # SHA-256 of the archive's database as verify recorded it after a passing integrity_check:
+    # the same bytes are not fully checked again (a quick_check still runs).
+    checked_sha256: str = ""
 
 
 @dataclass
@@ -78,6 +82,7 @@ class RestoreResult:
     safety_backup: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    database_check: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +92,7 @@ class RestoreResult:
             "dry_run": self.dry_run,
             "changes": [c.to_dict() for c in self.changes],
             "safety_backup": self.safety_backup,
+            "database_check": self.database_check,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
         }
@@ -277,6 +283,7 @@ def restore(
             check=options.check,
             progress=progress,
             writeback=True,
+            checked_sha256=options.checked_sha256,
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
         staged.raise_if_bad()
@@ -289,7 +296,10 @@ def restore(
         changes = compare(layout, staged, options.only)
         if options.dry_run:
             _discard(work)
-            return RestoreResult(archive.name, layout.root, True, changes, timings=timings)
+            return RestoreResult(
+                archive.name, layout.root, True, changes, timings=timings,
+                database_check=staged.db_check,
+            )
         paths = [info.path for info in staged.manifest.components.values() if info.present]
         config_info = staged.manifest.components.get(Component.CONFIG)
         apply_metadata(staged, paths, private=[config_info.path] if config_info else [])
@@ -300,6 +310,7 @@ def restore(
         t0 = time.perf_counter()
         sync_to_disk(work)
         timings["flush_to_disk"] = time.perf_counter() - t0
+        checked = _checked_database(items)
     except BaseException:
         _discard(work)
         raise
@@ -328,14 +339,16 @@ def restore(
         start_command=options.start_command if stopped else "",
         app_stopped=stopped,
     )
-    result = RestoreResult(archive.name, layout.root, False, changes, safety, timings)
+    result = RestoreResult(
+        archive.name, layout.root, False, changes, safety, timings, database_check=staged.db_check
+    )
     t0 = time.perf_counter()
     try:
         journal.save()
         crashpoint("journal-saved")
         journal.swap()
         crashpoint("swapped")
-        _check_live(layout, items, options.check)
+        _check_live(layout, checked)
         crashpoint("checked")
         if stopped:
             appctl.run_command(options.start_command, "start")
@@ -364,20 +377,38 @@ def _discard(work: Path) -> None:
         work.parent.rmdir()
 
 
-def _check_live(layout: Layout, items: list[Item], check: CheckMode) -> None:
-    db_restored = any(i.component == Component.DATABASE and i.new for i in items)
-    if not db_restored:
+def _checked_database(items: list[Item]) -> tuple[Path, tuple[int, ...]] | None:
+    """The staged database that passed the check, and the identity of that very file."""
+    for item in items:
+        if item.component == Component.DATABASE and item.new:
+            st = os.stat(item.new)
+            return Path(item.new), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return None
+
+
+def _check_live(layout: Layout, checked: tuple[Path, tuple[int, ...]] | None) -> None:
+    """The live database is the file that passed the check in staging, and opens there.
+
+    The swap is a rename, so the file at the live path must be that very file (same device,
+    inode, size and mtime): its bytes are the ones whose SHA-256 matched and that passed the
+    full check, and re-reading them (a quick_check from the same page cache) could find
+    nothing new. What the swap can get wrong is checked: another file in its place, a stray
+    ``-wal``/``-shm`` beside it, a file SQLite cannot open or read the schema of there.
+    """
+    if checked is None:
         return
     db = layout.database_path
     leftovers = [p.name for p in appctl.database_files(db)[1:] if p.exists()]
     if leftovers:
         raise StorageError(f"unexpected files beside the restored database: {', '.join(leftovers)}")
-    # The staged copy already passed the full check and its SHA-256 matched; the swap moved
-    # that very file (same inode) into place. A quick_check proves it opens and every b-tree
-    # is whole where it now lives, without reading the same pages through the full check again.
-    result = integrity_of(db, "quick" if check == "integrity" else check)
-    if result not in ("ok", "skipped"):
-        raise ArchiveError(f"restored database failed its integrity check: {result}")
+    st = os.stat(db)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != checked[1]:
+        raise StorageError(f"{db} is not the database file that was checked in staging")
+    try:
+        with open_snapshot(db) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"restored database does not open where it now lives: {exc}") from exc
 
 
 def _roll_back(journal: Journal, layout: Layout, options: RestoreOptions, stopped: bool) -> None:

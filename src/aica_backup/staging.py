@@ -29,6 +29,8 @@ from .snapshot import CheckMode, integrity_of
 
 # Space left free on the staging file system whatever the archive claims (bomb guard).
 RESERVE_BYTES = 64 * 1024 * 1024
+_CHECK_NAMES = {"integrity": "integrity_check", "quick": "quick_check", "none": "none"}
+_REUSED = "quick_check; integrity_check passed on the same bytes by verify"
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Staged:
     scan: ScanResult
     problems: list[tuple[str, str]]  # (member, why) where content and manifest disagree
     db_integrity: str | None  # None when the archive holds no database
+    db_check: str = ""  # how the database was checked, in words
 
     @property
     def manifest(self) -> Manifest:
@@ -84,6 +87,7 @@ def stage(
     write: Callable[[Entry, bool], bool] | None = None,
     progress: Callable[[int], None] | None = None,
     writeback: bool = False,
+    checked_sha256: str = "",
 ) -> Staged:
     """Unpack ``archive`` into the new folder ``dest`` and check it.
 
@@ -92,6 +96,11 @@ def stage(
     check starts while the rest streams. ``writeback``: start writing each file to disk as
     soon as it is complete (for staging that will be kept: :func:`sync_to_disk` then has
     little left to wait for). ``dest`` must not exist; the caller removes it.
+
+    ``checked_sha256``: the SHA-256 of a database that already passed ``integrity_check``
+    (recorded by verify). ``integrity_check`` is a function of the file's bytes: when the
+    database unpacked has exactly that SHA-256, the full check is not run again, only a
+    ``quick_check`` of the file where it now lies.
     """
     dest.mkdir(mode=PRIVATE_DIR, parents=False)
     limit = max(0, free_bytes(dest) - RESERVE_BYTES)
@@ -119,16 +128,21 @@ def stage(
         if write is None:
             _mkdirs(dest, entry.path)
 
-    checks: dict[str, concurrent.futures.Future[str]] = {}
+    how = _CHECK_NAMES[check]
+    checks: dict[str, tuple[concurrent.futures.Future[str], str]] = {}  # path -> (result, how)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-check") as pool:
 
         def before_close(sink: IO[bytes]) -> None:
             if writeback:
                 start_writeback(sink.fileno())
 
-        def on_file_done(entry: Entry) -> None:
+        def on_file_done(entry: Entry, sha256: str) -> None:
             if entry.path == first[0] and (dest / entry.path).is_file():
-                checks[entry.path] = pool.submit(integrity_of, dest / entry.path, check)
+                if check == "integrity" and checked_sha256 and sha256 == checked_sha256:
+                    future = pool.submit(integrity_of, dest / entry.path, "quick")
+                    checks[entry.path] = (future, _REUSED)
+                else:
+                    checks[entry.path] = (pool.submit(integrity_of, dest / entry.path, check), how)
 
         try:
             with open_tar_stream(archive, identities) as stream:
@@ -147,14 +161,14 @@ def stage(
         db_info = scan.manifest.components.get(Component.DATABASE)
         db_integrity: str | None = None
         if db_info is not None and db_info.present:
-            future = checks.get(db_info.path)
-            if future is not None:
-                db_integrity = future.result()
+            started = checks.get(db_info.path)
+            if started is not None:
+                db_integrity, how = started[0].result(), started[1]
             elif (dest / db_info.path).is_file():
                 db_integrity = integrity_of(dest / db_info.path, check)
             else:  # not first in the archive: written by another tool's order; check it now
                 db_integrity = _check_member(archive, identities, db_info.path, dest, check)
-    return Staged(dest, scan, problems, db_integrity)
+    return Staged(dest, scan, problems, db_integrity, how if db_integrity is not None else "")
 
 
 def _check_member(

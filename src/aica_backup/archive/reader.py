@@ -100,6 +100,7 @@ class ScanResult:
 # Called for each file: return a writable sink for its bytes, or None to only hash it.
 OpenSink = Callable[[Entry], IO[bytes] | None]
 OnEntry = Callable[[Entry], None]
+OnFileDone = Callable[[Entry, str], None]  # the entry and its SHA-256
 # python-isal raises its own IsalError (not a zlib.error) for a corrupt deflate stream, and
 # zstandard its ZstdError: without them a flipped bit escaped as an "internal error" (exit 2)
 # instead of a damaged-archive error naming the archive (exit 6).
@@ -149,7 +150,7 @@ def scan_archive(
     limits: Limits = Limits(),
     open_sink: OpenSink | None = None,
     on_dir: OnEntry | None = None,
-    on_file_done: OnEntry | None = None,
+    on_file_done: OnFileDone | None = None,
     before_close: Callable[[IO[bytes]], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
@@ -202,14 +203,15 @@ def scan_archive(
                 continue
             sink = open_sink(entry) if open_sink is not None else None
             try:
-                files[entry.path] = (feed.copy(entry.size, sink, on_bytes), entry.size)
+                sha256 = feed.copy(entry.size, sink, on_bytes)
                 if sink is not None and before_close is not None:
                     before_close(sink)
             finally:
                 if sink is not None:
                     sink.close()
+            files[entry.path] = (sha256, entry.size)
             if on_file_done is not None:
-                on_file_done(entry)
+                on_file_done(entry, sha256)
         # tarfile ends quietly at a short or missing header: only a real end marker will do.
         if feed.last != _ZERO_BLOCK:
             raise ArchiveError("archive is truncated (no end-of-archive marker)")

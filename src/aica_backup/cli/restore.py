@@ -146,7 +146,10 @@ def print_result(layout: Layout, result: RestoreResult, undo: str | None) -> Non
     if result.dry_run:
         out.print("Dry run: the archive was unpacked and verified; nothing was changed.")
         return
-    out.print(f"Restored {result.archive} into {result.root}; integrity check ok.", markup=False)
+    checked = f" ({result.database_check})" if result.database_check else ""
+    out.print(
+        f"Restored {result.archive} into {result.root}; database check ok{checked}.", markup=False
+    )
     if result.safety_backup:
         out.print(f"Safety backup of the previous state: {result.safety_backup}", markup=False)
         out.print(f"To undo this restore: {undo}", markup=False)
@@ -184,6 +187,13 @@ def command(
         Path | None, typer.Option(help="age identity file for encrypted archives.", dir_okay=False)
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running backup.")] = 0,
+    full_check: Annotated[
+        bool,
+        typer.Option(
+            "--full-check",
+            help="Run integrity_check even if verify already passed this very database.",
+        ),
+    ] = False,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Restore the newest (or the given) backup: verified first, swapped in atomically.
@@ -230,6 +240,7 @@ def command(
         health_timeout=s.restore.health_timeout,
         safety_keep=s.retention.pre_restore_keep,
         safety_options=_safety_options(s),
+        checked_sha256="" if full_check else _checked_sha256(entry),
     )
     # The lock belongs to the backups folder, whatever the target.
     with (
@@ -254,6 +265,15 @@ def command(
             "Next: restart the backend (cd backend && python3 -m uvicorn main:app) and "
             "check it (curl http://localhost:8000/health)."
         )
+
+
+def _checked_sha256(entry: ArchiveEntry | None) -> str:
+    """The database SHA-256 that the archive's last verify checked in full, if it passed."""
+    record = entry.verification if entry is not None else None
+    if not record or record.get("ok") is not True:
+        return ""
+    sha = record.get("database_sha256")
+    return sha if isinstance(sha, str) else ""
 
 
 def _safety_options(s: Settings) -> BackupOptions:

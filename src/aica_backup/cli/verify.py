@@ -25,7 +25,8 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
         identities=identities_for(s, path, identity),
         check=s.restore.check,
     )
-    catalog.record_verification(name, {k: report[k] for k in ("ok", "at", "how", "problems")})
+    keys = ("ok", "at", "how", "problems", "database_sha256")
+    catalog.record_verification(name, {k: report[k] for k in keys if k in report})
     return report
 
 
