@@ -28,12 +28,18 @@ from . import appctl
 from .backup import BackupOptions, create_archive
 from .catalog import Catalog, prune
 from .errors import AicaBackupError, ArchiveError, RolledBackError, StorageError
-from .fsutil import check_writable_dir, ensure_private_dir, nearest_existing, same_filesystem
+from .fsutil import (
+    check_writable_dir,
+    ensure_private_dir,
+    nearest_existing,
+    same_filesystem,
+    sync_to_disk,
+)
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
-from .staging import Staged, apply_metadata, stage, sync_to_disk
+from .staging import Staged, apply_metadata, stage
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ the archive is still streaming in.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,7 +20,7 @@ from typing import IO, Any
 from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
 from .archive.reader import Entry, scan_archive
 from .errors import ArchiveError
-from .fsutil import PRIVATE_DIR, PRIVATE_FILE, free_bytes, storage_error
+from .fsutil import PRIVATE_DIR, PRIVATE_FILE, free_bytes, start_writeback, storage_error
 from .layout import Component
 from .manifest import Manifest
 from .snapshot import CheckMode, integrity_of
@@ -105,6 +103,13 @@ def stage(
     dest.mkdir(mode=PRIVATE_DIR, parents=False)
     limit = max(0, free_bytes(dest) - RESERVE_BYTES)
     first: list[str] = []
+    folders: dict[str, Path] = {"": dest}  # made (or found) under dest by this call
+
+    def folder(rel: str) -> Path:
+        path = folders.get(rel)
+        if path is None:
+            path = folders[rel] = _mkdirs(dest, rel)
+        return path
 
     def open_sink(entry: Entry) -> IO[bytes] | None:
         is_first = not first
@@ -113,10 +118,9 @@ def stage(
         if write is not None and not write(entry, is_first):
             return None
         parent, _, name = entry.path.rpartition("/")
-        folder = _mkdirs(dest, parent) if parent else dest
         try:
             fd = os.open(
-                folder / name,
+                folder(parent) / name,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 PRIVATE_FILE,
             )
@@ -126,7 +130,7 @@ def stage(
 
     def on_dir(entry: Entry) -> None:
         if write is None:
-            _mkdirs(dest, entry.path)
+            folder(entry.path)
 
     how = _CHECK_NAMES[check]
     checks: dict[str, tuple[concurrent.futures.Future[str], str]] = {}  # path -> (result, how)
@@ -211,53 +215,3 @@ def apply_metadata(staged: Staged, paths: Sequence[str], private: Sequence[str] 
 
 def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
-
-
-def sync_to_disk(folder: Path) -> None:
-    """Flush staged data to disk before it replaces live data: one call, not one fsync a file.
-
-    ``syncfs`` flushes only the file system that holds ``folder`` (``sync`` would wait for
-    every mounted one, a slow network share included); ``sync`` where it is missing.
-    """
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _syncfs is None:
-            os.sync()
-        elif _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            if err != errno.ENOSYS:  # a write-back error (EIO): the staged data is not safe
-                failure = OSError(err, os.strerror(err))
-                raise storage_error(f"cannot flush {folder} to disk", failure)
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing a finished file's dirty pages now, without waiting.
-
-    Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: the disk works while the rest of the
-    archive streams in, instead of all at once in :func:`sync_to_disk`. Only a head start:
-    durability still comes from that final flush. A no-op where it is missing.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _libc_function(name: str, *argtypes: Any) -> Any:
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):  # not Linux
-        return None
-    if argtypes:
-        fn.argtypes = argtypes
-    return fn
-
-
-_syncfs: Callable[[int], int] | None = _libc_function("syncfs")
-_sync_file_range: Callable[[int, int, int, int], int] | None = _libc_function(
-    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
-)
