@@ -217,6 +217,7 @@ class AicaBackup(Contender):
         verify = self._help("verify") if top else None
         self.features["restore"] = restore is not None
         self.features["restore_json"] = bool(restore and "--json" in restore)
+        self.features["restore_full_check"] = bool(restore and "--full-check" in restore)
         self.features["verify"] = verify is not None
         self.features["verify_latest"] = bool(verify and "--latest" in verify)
         self.features["verify_json"] = bool(verify and "--json" in verify)
@@ -250,7 +251,7 @@ class AicaBackup(Contender):
         sample.parts.pop("aica verify", None)
         return sample
 
-    def restore(self, ctx: Context, slot: Path, dest: Path) -> Sample:
+    def restore(self, ctx: Context, slot: Path, dest: Path, *extra: str) -> Sample:
         """Restore the archive just made into a fresh copy of the app root.
 
         ``restore`` replaces the app it is pointed at, so it gets a copy (made before the clock
@@ -264,7 +265,7 @@ class AicaBackup(Contender):
         subprocess.run(["cp", "-al", str(ctx.app / "backups"), str(dest / "backups")], check=True)
         json_flag = ["--json"] if self.features.get("restore_json") else []
         settle()
-        sample = run([*self.command, "--root", str(dest), "restore", "--yes", *json_flag],
+        sample = run([*self.command, "--root", str(dest), "restore", "--yes", *extra, *json_flag],
                      env=ctx.env, name="aica restore")
         sample.parts.pop("aica restore", None)
         report = last_json(sample.output) if json_flag else None
