@@ -821,3 +821,58 @@ def test_fast_ustar_header_is_what_tarfile_writes(
         assert fast == expected
     else:  # it declines exactly what tarfile writes with a pax record
         assert fast is None
+
+
+def _tar_members(stream: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 70_000, 3 << 20])
+def test_writer_survives_short_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """read() may return less than asked: the member is still whole and correctly hashed."""
+    import aica_backup.archive.writer as writer_module
+
+    data = os.urandom(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    real_readv = os.readv
+
+    def stingy_readv(fd: int, buffers: list[memoryview]) -> int:
+        return real_readv(fd, [buffers[0][:1000]])
+
+    monkeypatch.setattr(writer_module.os, "readv", stingy_readv)
+    out = io.BytesIO()
+    writer = writer_module.ArchiveWriter(out)
+    writer.add_bytes("first.txt", b"x" * 700, 0o600, 0)  # the file starts mid-buffer
+    assert writer.add_file("f.bin", tmp_path / "f.bin", Component.UPLOADS)
+    writer.close()
+    assert _tar_members(out.getvalue())["f.bin"] == data
+    assert writer.members[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert writer.warnings == []
+
+
+def test_writer_pads_a_file_that_shrank_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aica_backup.archive.writer as writer_module
+
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    real_fstat = os.fstat
+
+    def fstat_before_truncation(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        fields = list(st[:10])
+        fields[6] = 5000  # st_size when it was taken; the file has 3 bytes when read
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(writer_module.os, "fstat", fstat_before_truncation)
+    out = io.BytesIO()
+    writer = writer_module.ArchiveWriter(out)
+    assert writer.add_file("f.bin", tmp_path / "f.bin", Component.UPLOADS)
+    writer.close()
+    padded = b"abc" + bytes(4997)
+    assert _tar_members(out.getvalue())["f.bin"] == padded
+    assert writer.members[0].sha256 == hashlib.sha256(padded).hexdigest()
+    assert writer.warnings == ["f.bin: shrank while being read; archived padded with zeros"]

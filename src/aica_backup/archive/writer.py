@@ -109,12 +109,11 @@ def ustar_header(
     return b"".join((raw, bytes(100 - len(raw)), owner, times, checksum, tail))
 
 
-def _fill(fd: int, chunk: memoryview) -> bool:
-    """Read ``len(chunk)`` bytes of ``fd`` into ``chunk``; True if the file ended first (it
-    shrank since its size was taken: the rest is zeros)."""
+def _fill(fd: int, chunk: memoryview, got: int = 0) -> bool:
+    """Read into ``chunk`` (its first ``got`` bytes already read) until it is full; True if the
+    file ended first (it shrank since its size was taken: the rest is zeros)."""
     want = len(chunk)
-    got = os.readv(fd, [chunk])
-    while got < want:  # a short read: rare for regular files, but allowed
+    while got < want:
         r = os.readv(fd, [chunk[got:]])
         if r == 0:
             chunk[got:] = bytes(want - got)
@@ -131,7 +130,7 @@ class ArchiveWriter:
         self._buf = bytearray(BUFFER)
         self._view = memoryview(self._buf)
         self._pos = 0  # bytes of the buffer in use
-        self._offset = 0  # bytes of tar stream written, buffer included
+        self._flushed = 0  # bytes of tar stream handed to the compressor
         self._closed = False
         self._progress = progress
         self.members: list[Member] = []
@@ -142,6 +141,7 @@ class ArchiveWriter:
     def _flush(self) -> None:
         if self._pos:
             self._out.write(self._view[: self._pos] if self._pos < BUFFER else self._buf)
+            self._flushed += self._pos
             if self._progress is not None:
                 self._progress(self._pos)
             self._pos = 0
@@ -152,14 +152,12 @@ class ArchiveWriter:
         if n < BUFFER - self._pos:  # the common case: it fits
             self._buf[self._pos : self._pos + n] = data
             self._pos += n
-            self._offset += n
             return
         view = memoryview(data)
         while view:
             n = min(len(view), BUFFER - self._pos)
             self._view[self._pos : self._pos + n] = view[:n]
             self._pos += n
-            self._offset += n
             view = view[n:]
             if self._pos == BUFFER:
                 self._flush()
@@ -193,10 +191,10 @@ class ArchiveWriter:
         buf = self._buf
         buf[pos:start] = header
         chunk = self._view[start:end]
-        shrank = _fill(fd, chunk) if size else False
+        got = os.readv(fd, [chunk]) if size else 0
+        shrank = got < size and _fill(fd, chunk, got)  # a short read: rare, but allowed
         buf[end:padded] = _ZEROS[: padded - end]
         self._pos = padded
-        self._offset += padded - pos
         if padded == BUFFER:
             self._flush()
         return hashlib.sha256(chunk).hexdigest(), shrank
@@ -212,7 +210,6 @@ class ArchiveWriter:
             shrank = _fill(fd, chunk) or shrank
             sha.update(chunk)
             self._pos += n
-            self._offset += n
             left -= n
             if self._pos == BUFFER:
                 self._flush()
@@ -294,8 +291,9 @@ class ArchiveWriter:
         if self._closed:
             return
         self._put(bytes(2 * _BLOCK))
-        if self._offset % _RECORD:
-            self._put(bytes(_RECORD - self._offset % _RECORD))
+        offset = self._flushed + self._pos
+        if offset % _RECORD:
+            self._put(bytes(_RECORD - offset % _RECORD))
         self._flush()
         self._closed = True
 
