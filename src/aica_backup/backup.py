@@ -217,7 +217,9 @@ def create_archive(
                 total += snap.stat().st_size
                 check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
             # Uploads are listed after the snapshot: a file the app saved before committing
-            # the row that names it is then always in the archive with that row.
+            # the row that names it is then always in the archive with that row. (A file
+            # deleted between the snapshot and the listing is missing for a row the snapshot
+            # still has; no order closes both races, and new uploads are the common case.)
             uploads = (
                 _walk_uploads(layout, sizes=progress is not None)
                 if _present(layout.uploads_path, want_dir=True)

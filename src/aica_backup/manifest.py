@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would accept a final "\n"
 
 
 @dataclass(slots=True)
@@ -203,8 +203,8 @@ def _parse_member(raw: Any) -> Member:
     if kind not in ("file", "dir"):
         raise _bad(f"member {path!r} has unsupported type {kind!r}")
     sha = _get(raw, "sha256", str)
-    if kind == "file" and not _SHA256.match(sha):
-        raise _bad(f"member {path!r} has no valid sha256")
+    if not (_SHA256.fullmatch(sha) if kind == "file" else sha == ""):
+        raise _bad(f"member {path!r} has no valid sha256 (a folder has none)")
     size = _get(raw, "size", int)
     mode = _get(raw, "mode", int)
     if size < 0 or not 0 <= mode <= 0o7777:
@@ -213,12 +213,16 @@ def _parse_member(raw: Any) -> Member:
         component = Component(_get(raw, "component", str))
     except ValueError:
         raise _bad(f"member {path!r} names an unknown component") from None
+    try:
+        mtime = float(_get(raw, "mtime", (int, float)))
+    except OverflowError:  # an integer of hundreds of digits
+        raise _bad(f"member {path!r} has an invalid mtime") from None
     return Member(
         path=path,
         type=kind,
         size=size,
         mode=mode,
-        mtime=float(_get(raw, "mtime", (int, float))),
+        mtime=mtime,
         sha256=sha,
         component=component,
     )

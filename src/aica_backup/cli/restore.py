@@ -146,10 +146,11 @@ def print_result(layout: Layout, result: RestoreResult, undo: str | None) -> Non
     if result.dry_run:
         out.print("Dry run: the archive was unpacked and verified; nothing was changed.")
         return
-    checked = f" ({result.database_check})" if result.database_check else ""
-    out.print(
-        f"Restored {result.archive} into {result.root}; database check ok{checked}.", markup=False
-    )
+    if result.database_check in ("", "none"):
+        checked = "database not checked" if result.database_check else "no database in the archive"
+    else:
+        checked = f"database check ok ({result.database_check})"
+    out.print(f"Restored {result.archive} into {result.root}; {checked}.", markup=False)
     if result.safety_backup:
         out.print(f"Safety backup of the previous state: {result.safety_backup}", markup=False)
         out.print(f"To undo this restore: {undo}", markup=False)
