@@ -6,12 +6,14 @@ crash-safety argument is made once, here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -154,6 +156,47 @@ def start_writeback(fd: int, offset: int = 0) -> None:
     """
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+class BackgroundWriteback:
+    """:func:`start_writeback` of finished files from a thread of its own (the call blocks
+    while the kernel queues the pages), so the caller goes on unpacking meanwhile.
+
+    Files under ``min_size`` are left to the final flush: for many small files the handoff
+    would cost more than it saves. At most ``limit`` files wait (each holds a duplicate fd).
+    """
+
+    def __init__(self, min_size: int = 1 << 20, limit: int = 32) -> None:
+        self.min_size = min_size
+        self._slots = threading.BoundedSemaphore(limit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="writeback")
+
+    def file_done(self, fd: int, size: int) -> None:
+        if size < self.min_size or _sync_file_range is None:
+            return
+        self._slots.acquire()
+        try:
+            dup = os.dup(fd)
+            self._pool.submit(self._run, dup)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _run(self, fd: int) -> None:
+        try:
+            start_writeback(fd)
+        finally:
+            os.close(fd)
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> BackgroundWriteback:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 _SYNC_FILE_RANGE_WRITE = 2

@@ -117,15 +117,20 @@ def _describe_file(path: Path) -> str:
 
 
 def _tree(root: Path) -> dict[str, tuple[int, float]]:
-    """Relative path → (size, mtime) of every file under ``root``."""
+    """Relative path → (size, mtime) of every file under ``root`` (links not followed)."""
     out: dict[str, tuple[int, float]] = {}
-    if not root.is_dir():
-        return out
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            p = Path(folder) / name
-            st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime)
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    walk(e.path, f"{prefix}{e.name}/")
+                else:
+                    st = e.stat(follow_symlinks=False)
+                    out[prefix + e.name] = (st.st_size, st.st_mtime)
+
+    if root.is_dir():
+        walk(str(root), "")
     return out
 
 

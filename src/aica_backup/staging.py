@@ -20,7 +20,7 @@ from typing import IO, Any
 from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
 from .archive.reader import Entry, scan_archive
 from .errors import ArchiveError
-from .fsutil import PRIVATE_DIR, PRIVATE_FILE, free_bytes, start_writeback, storage_error
+from .fsutil import PRIVATE_DIR, PRIVATE_FILE, BackgroundWriteback, free_bytes, storage_error
 from .layout import Component
 from .manifest import Manifest
 from .snapshot import CheckMode, integrity_of
@@ -134,11 +134,14 @@ def stage(
 
     how = _CHECK_NAMES[check]
     checks: dict[str, tuple[concurrent.futures.Future[str], str]] = {}  # path -> (result, how)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-check") as pool:
+    with (
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-check") as pool,
+        BackgroundWriteback() as flusher,
+    ):
 
-        def before_close(sink: IO[bytes]) -> None:
+        def before_close(entry: Entry, sink: IO[bytes]) -> None:
             if writeback:
-                start_writeback(sink.fileno())
+                flusher.file_done(sink.fileno(), entry.size)
 
         def on_file_done(entry: Entry, sha256: str) -> None:
             if entry.path == first[0] and (dest / entry.path).is_file():

@@ -151,7 +151,7 @@ def scan_archive(
     open_sink: OpenSink | None = None,
     on_dir: OnEntry | None = None,
     on_file_done: OnFileDone | None = None,
-    before_close: Callable[[IO[bytes]], None] | None = None,
+    before_close: Callable[[Entry, IO[bytes]], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Read a decompressed tar stream to its end; hash every file; return what it held.
@@ -205,7 +205,7 @@ def scan_archive(
             try:
                 sha256 = feed.copy(entry.size, sink, on_bytes)
                 if sink is not None and before_close is not None:
-                    before_close(sink)
+                    before_close(entry, sink)
             finally:
                 if sink is not None:
                     sink.close()
