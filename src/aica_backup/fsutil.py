@@ -175,10 +175,13 @@ class BackgroundWriteback:
         if size < self.min_size or _sync_file_range is None:
             return
         self._slots.acquire()
+        dup = -1
         try:
             dup = os.dup(fd)
             self._pool.submit(self._run, dup)
         except BaseException:
+            if dup >= 0:
+                os.close(dup)
             self._slots.release()
             raise
 

@@ -388,16 +388,16 @@ def _discard(work: Path) -> None:
         work.parent.rmdir()
 
 
-def _checked_database(items: list[Item]) -> tuple[Path, tuple[int, ...]] | None:
-    """The staged database that passed the check, and the identity of that very file."""
+def _checked_database(items: list[Item]) -> tuple[int, ...] | None:
+    """The identity of the staged database file that passed the check (None: no database)."""
     for item in items:
         if item.component == Component.DATABASE and item.new:
             st = os.stat(item.new)
-            return Path(item.new), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     return None
 
 
-def _check_live(layout: Layout, checked: tuple[Path, tuple[int, ...]] | None) -> None:
+def _check_live(layout: Layout, checked: tuple[int, ...] | None) -> None:
     """The live database is the file that passed the check in staging, and opens there.
 
     The swap is a rename, so the file at the live path must be that very file (same device,
@@ -413,7 +413,7 @@ def _check_live(layout: Layout, checked: tuple[Path, tuple[int, ...]] | None) ->
     if leftovers:
         raise StorageError(f"unexpected files beside the restored database: {', '.join(leftovers)}")
     st = os.stat(db)
-    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != checked[1]:
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != checked:
         raise StorageError(f"{db} is not the database file that was checked in staging")
     try:
         with open_snapshot(db) as conn:
