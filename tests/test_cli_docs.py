@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.main import get_command
+from typer.main import get_command, get_group
 from typer.testing import CliRunner
 
-from aica_backup.cli import app
+from aica_backup.cli import COMMANDS as MODULES
+from aica_backup.cli import app, command_module
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _walk(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     yield path, cmd
-    for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-        if not sub.hidden:
-            yield from _walk(sub, (*path, name))
+    if hasattr(cmd, "list_commands"):  # a group (the root one loads its commands on demand)
+        for name in sorted(cmd.list_commands(None)):
+            sub = cmd.get_command(None, name)
+            if not sub.hidden:
+                yield from _walk(sub, (*path, name))
 
 
 COMMANDS = list(_walk(get_command(app)))
@@ -32,6 +35,37 @@ NAMES = [" ".join(path) for path, _ in COMMANDS if path]
 
 def test_there_are_commands() -> None:
     assert {"backup", "list", "prune", "pin", "unpin", "restore", "verify"} <= set(NAMES)
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    for name, module in MODULES.items():
+        registered = set(get_group(command_module(name)).commands)
+        assert registered == {n for n, m in MODULES.items() if m == module}, module
+
+
+def test_a_command_imports_only_what_it_needs() -> None:
+    """Start-up time: ``backup`` loads neither the other commands nor the optional layers."""
+    code = (
+        "import sys; from aica_backup.cli import main\n"
+        "try: main(['backup', '--help'])\n"
+        "except SystemExit: pass\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(proc.stdout.strip().splitlines()[-1].split())
+    assert "aica_backup.cli.backup" in loaded
+    for heavy in (
+        "pydantic",
+        "aica_backup.restore",
+        "aica_backup.offsite",
+        "aica_backup.cli.demo",
+        "rich.progress",
+        "urllib.request",
+        "psutil",
+    ):
+        assert heavy not in loaded, heavy
 
 
 @pytest.mark.parametrize(

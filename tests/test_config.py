@@ -230,6 +230,50 @@ def test_semantic_problems(tmp_path: Path, text: str, fragment: str) -> None:
     assert any(fragment in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[offsite.retention]\nkeep_last = 0\n", "offsite.retention: at least one keep_*"),
+        ("[offsite.retention]\nkeep_daily = 3\nbogus = 1\n", "offsite.retention.bogus: unknown"),
+        ("[offsite]\nretention = 3\n", "offsite.retention: must be a table"),
+        ("[offsite]\ntargets = ['a', 3]\n", "offsite.targets: must be a list of strings"),
+        ("[restore]\nhealth_timeout = 0\n", "restore.health_timeout: must be greater than 0"),
+        ("[backup]\nthreads = 300\n", "backup.threads: must be at most 256"),
+        ("[backup]\nthreads = true\n", "backup.threads: must be an integer"),
+        ("[backup]\nlevel = 2.5\n", "backup.level: must be an integer"),
+        ("[backup]\nlock_wait = 'soon'\n", "backup.lock_wait: must be a number"),
+        ("[backup]\nverify = 1\n", "backup.verify: must be a boolean"),
+        ("app_name = 5\n", "app_name: must be a string"),
+    ],
+)
+def test_each_key_is_typed_and_bounded(tmp_path: Path, text: str, expected: str) -> None:
+    write_config(tmp_path, text)
+    [problem] = problems_of(tmp_path, env={})
+    assert problem.startswith(expected), problem
+
+
+def test_env_strings_are_parsed_by_their_key(tmp_path: Path) -> None:
+    s = load_settings(
+        tmp_path,
+        env={
+            "AICA_BACKUP_BACKUP_VERIFY": "yes",
+            "AICA_BACKUP_BACKUP_IDLE_PRIORITY": "0",
+            "AICA_BACKUP_BACKUP_LEVEL": " 2 ",
+            "AICA_BACKUP_NOTIFY_TIMEOUT": "1e1",
+        },
+    )
+    assert (s.backup.verify, s.backup.idle_priority, s.backup.level) == (True, False, 2)
+    assert s.notify.timeout == 10.0
+    problems = problems_of(
+        tmp_path,
+        env={"AICA_BACKUP_BACKUP_VERIFY": "maybe", "AICA_BACKUP_HEALTH_MAX_AGE_HOURS": "nan"},
+    )
+    assert problems == [
+        "backup.verify (from AICA_BACKUP_BACKUP_VERIFY): must be a boolean (true or false)",
+        "health.max_age_hours (from AICA_BACKUP_HEALTH_MAX_AGE_HOURS): must be greater than 0",
+    ]
+
+
 def test_a_bad_file_table_is_not_hidden_by_an_env_variable(tmp_path: Path) -> None:
     write_config(tmp_path, "paths = 3\n")
     problems = problems_of(tmp_path, env={"AICA_BACKUP_PATHS_DATABASE": "x.db"})

@@ -11,13 +11,16 @@ is a short alias of ``AICA_BACKUP_ENCRYPTION_IDENTITY``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
 from .layout import Layout, check_relative, components_overlap
@@ -35,43 +38,61 @@ ENV_CONTROL = {
 ENV_ALIASES = {"AICA_BACKUP_IDENTITY": ("encryption", "identity")}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+def _key(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    check: Callable[[Any], object] | None = None,
+) -> Any:
+    """A key with bounds and/or a ``check`` that raises ValueError (see :func:`_convert`)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "check": check})
 
 
+def _relative_path(value: str) -> None:
+    problem = check_relative(value)
+    if problem:
+        raise ValueError(problem)
+
+
+def _duration(value: str) -> None:
+    if value:
+        parse_duration(value)
+
+
+class _Section:
+    """A table of the file: plain dataclasses, converted and checked by :func:`_convert`."""
+
+    def validate(self) -> None:
+        """Checks across keys, run once every key is valid; raise ValueError."""
+
+
+@dataclass
 class PathsConfig(_Section):
-    database: str = "backend/aica_sys.db"
-    uploads: str = "public/uploads"
-    config: str = ".env.production"
+    database: str = _key("backend/aica_sys.db", check=_relative_path)
+    uploads: str = _key("public/uploads", check=_relative_path)
+    config: str = _key(".env.production", check=_relative_path)
     backups: str = "backups"
 
-    @field_validator("database", "uploads", "config")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        problem = check_relative(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
-
+@dataclass
 class BackupConfig(_Section):
     # quick_check: every page and b-tree of the snapshot, in a tenth of integrity_check's time;
     # the full check runs on every database unpacked from an archive (verify, restore).
     check: Literal["integrity", "quick", "none"] = "quick"
     compression: Literal["gzip", "zstd"] = "gzip"
-    level: int | None = Field(default=None, ge=0, le=22)
-    threads: int = Field(default=0, ge=0, le=256)
-    nice: int = Field(default=10, ge=0, le=19)
+    level: int | None = _key(None, ge=0, le=22)
+    threads: int = _key(0, ge=0, le=256)
+    nice: int = _key(10, ge=0, le=19)
     idle_priority: bool = True
     database_optional: bool = False
     verify: bool = False
-    lock_wait: float = Field(default=0, ge=0)
+    lock_wait: float = _key(0.0, ge=0)
 
-    @model_validator(mode="after")
-    def _level_fits(self) -> BackupConfig:
+    def validate(self) -> None:
         if self.compression == "gzip" and self.level is not None and self.level > 3:
             raise ValueError("level: gzip (python-isal) levels are 0-3")
-        return self
 
     @property
     def effective_level(self) -> int:
@@ -80,27 +101,19 @@ class BackupConfig(_Section):
         return 1 if self.compression == "gzip" else 3
 
 
+@dataclass
 class RetentionConfig(_Section):
-    keep_last: int = Field(default=7, ge=0)
-    keep_daily: int = Field(default=0, ge=0)
-    keep_weekly: int = Field(default=0, ge=0)
-    keep_monthly: int = Field(default=0, ge=0)
-    keep_yearly: int = Field(default=0, ge=0)
-    keep_within: str = ""
-    pre_restore_keep: int = Field(default=3, ge=1)
+    keep_last: int = _key(7, ge=0)
+    keep_daily: int = _key(0, ge=0)
+    keep_weekly: int = _key(0, ge=0)
+    keep_monthly: int = _key(0, ge=0)
+    keep_yearly: int = _key(0, ge=0)
+    keep_within: str = _key("", check=_duration)
+    pre_restore_keep: int = _key(3, ge=1)
 
-    @field_validator("keep_within")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if value:
-            parse_duration(value)
-        return value
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> RetentionConfig:
+    def validate(self) -> None:
         if self.policy().is_empty():
             raise ValueError("at least one keep_* rule must be set (a policy keeping nothing)")
-        return self
 
     def policy(self) -> Policy:
         return Policy(
@@ -113,60 +126,67 @@ class RetentionConfig(_Section):
         )
 
 
+@dataclass
 class RestoreConfig(_Section):
     check: Literal["integrity", "quick"] = "integrity"  # of a database unpacked (and verify's)
     stop_command: str = ""
     start_command: str = ""
     health_url: str = ""
-    health_timeout: float = Field(default=30, gt=0)
+    health_timeout: float = _key(30.0, gt=0)
 
 
+@dataclass
 class EncryptionConfig(_Section):
-    recipients: list[str] = []
+    recipients: list[str] = field(default_factory=list)
     identity: str = ""
     encrypt: Literal["offsite", "all"] = "offsite"
 
 
+@dataclass
 class OffsiteConfig(_Section):
-    targets: list[str] = []
+    targets: list[str] = field(default_factory=list)
     retention: RetentionConfig | None = None
-    parallel: int = Field(default=2, ge=1, le=16)
-    retries: int = Field(default=3, ge=1, le=20)
+    parallel: int = _key(2, ge=1, le=16)
+    retries: int = _key(3, ge=1, le=20)
 
 
+@dataclass
 class NotifyConfig(_Section):
     webhook_url: str = ""
     on_success: bool = False
     heartbeat_url: str = ""
-    timeout: float = Field(default=10, gt=0)
+    timeout: float = _key(10.0, gt=0)
 
 
+@dataclass
 class LogConfig(_Section):
     file: str = ".aica-backup/aica-backup.log"  # relative to the backups folder
-    max_bytes: int = Field(default=1_000_000, ge=10_000)
-    keep: int = Field(default=5, ge=1)
+    max_bytes: int = _key(1_000_000, ge=10_000)
+    keep: int = _key(5, ge=1)
 
 
+@dataclass
 class HealthConfig(_Section):
-    max_age_hours: float = Field(default=26, gt=0)
+    max_age_hours: float = _key(26.0, gt=0)
 
 
+@dataclass
 class Settings(_Section):
     app_name: str = "aica-sys"
-    paths: PathsConfig = PathsConfig()
-    backup: BackupConfig = BackupConfig()
-    retention: RetentionConfig = RetentionConfig()
-    restore: RestoreConfig = RestoreConfig()
-    encryption: EncryptionConfig = EncryptionConfig()
-    offsite: OffsiteConfig = OffsiteConfig()
-    notify: NotifyConfig = NotifyConfig()
-    log: LogConfig = LogConfig()
-    health: HealthConfig = HealthConfig()
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    offsite: OffsiteConfig = field(default_factory=OffsiteConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     root: Path = Path()  # filled in by load_settings, not a file key
+    NOT_KEYS: ClassVar[frozenset[str]] = frozenset({"root"})
 
-    @model_validator(mode="after")
-    def _paths_distinct(self) -> Settings:
+    def validate(self) -> None:
         layout = self.layout()
         problem = components_overlap(layout)
         if problem:
@@ -181,7 +201,6 @@ class Settings(_Section):
                 raise ValueError(f"paths: backups ({backups}) lies inside {name} ({path})")
             if backups in path.parents:
                 raise ValueError(f"paths: {name} ({path}) lies inside backups ({backups})")
-        return self
 
     def _abs(self, value: str, base: Path) -> Path:
         p = Path(value).expanduser()
@@ -208,24 +227,152 @@ class Settings(_Section):
 
 
 # --------------------------------------------------------------------------------------------
+# Conversion: a TOML/env document into those dataclasses, collecting every problem.
+# (Hand-written rather than pydantic: pydantic's import and model building cost ~0.1 s on
+# every command, a third of a command's fixed start-up time.)
+
+_BOOLS = {
+    "true": True, "yes": True, "on": True, "1": True,
+    "false": False, "no": False, "off": False, "0": False,
+}  # fmt: skip
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints: dict[str, Any] | None = cls.__dict__.get("_hints_cache")
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        cls._hints_cache = hints  # type: ignore[attr-defined]
+    return hints
+
+
+def _keys(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
+    """The file keys of a section: (field, resolved type)."""
+    hints = _hints(cls)
+    skip: frozenset[str] = getattr(cls, "NOT_KEYS", frozenset())
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in skip]
+
+
+def _section_type(tp: Any) -> type[_Section] | None:
+    """The section class in ``tp`` (``RetentionConfig`` or ``RetentionConfig | None``), if any."""
+    for arg in typing.get_args(tp) or (tp,):
+        if isinstance(arg, type) and issubclass(arg, _Section):
+            return arg
+    return None
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    """``value`` as ``tp``; raise ValueError saying what was expected. Strings (environment
+    variables, flags) are parsed; a TOML value must have the right type already."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (tp,) = (a for a in typing.get_args(tp) if a is not type(None))
+        return _scalar(tp, value)
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if value not in options:
+            raise ValueError("must be one of " + ", ".join(repr(o) for o in options))
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a list of strings")
+        return list(value)
+    if tp is bool:
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        if not isinstance(value, bool):
+            raise ValueError("must be a boolean (true or false)")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return tp(value.strip())
+        accepted = int if tp is int else int | float  # never a bool, and an int is no float
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ValueError("must be an integer" if tp is int else "must be a number")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+    return value  # Settings.root: set by the code, not a file key
+
+
+def _bounds(f: dataclasses.Field[Any], value: Any) -> None:
+    m = f.metadata
+    if value is None:
+        return
+    if m.get("ge") is not None and not value >= m["ge"]:
+        raise ValueError(f"must be at least {m['ge']}")
+    if m.get("gt") is not None and not value > m["gt"]:
+        raise ValueError(f"must be greater than {m['gt']}")
+    if m.get("le") is not None and not value <= m["le"]:
+        raise ValueError(f"must be at most {m['le']}")
+    if m.get("check") is not None:
+        m["check"](value)
+
+
+_S = typing.TypeVar("_S", bound=_Section)
+Problems = list[tuple[tuple[str, ...], str]]
+
+
+def _convert(cls: type[_S], doc: Any, loc: tuple[str, ...], problems: Problems) -> _S | None:
+    """Build ``cls`` from the mapping ``doc``; add (key path, message) to ``problems`` for every
+    bad key; None if any. ``validate()`` runs only on a section whose keys are all valid."""
+    if not isinstance(doc, Mapping):
+        problems.append((loc, "must be a table"))
+        return None
+    keys = {f.name: (f, tp) for f, tp in _keys(cls)}
+    for name in doc:
+        if name not in keys and name not in getattr(cls, "NOT_KEYS", ()):
+            problems.append(((*loc, str(name)), "unknown key"))
+    values: dict[str, Any] = {}
+    ok = True
+    for name, value in doc.items():
+        if name not in keys:
+            continue
+        f, tp = keys[name]
+        where = (*loc, name)
+        section = _section_type(tp)
+        try:
+            if section is not None and value is not None:
+                values[name] = _convert(section, value, where, problems)
+                ok = ok and values[name] is not None
+                continue
+            values[name] = _scalar(tp, value)
+            _bounds(f, values[name])
+        except ValueError as exc:
+            problems.append((where, str(exc)))
+            ok = False
+    if "root" in doc and "root" in getattr(cls, "NOT_KEYS", ()):
+        values["root"] = doc["root"]
+    if not ok:
+        return None
+    result = cls(**values)
+    try:
+        result.validate()
+    except ValueError as exc:
+        problems.append((loc, str(exc)))
+        return None
+    return result
+
+
+# --------------------------------------------------------------------------------------------
 # Loading: file < environment < flags, every problem reported at once.
 
 
 def _known_keys() -> dict[str, tuple[str, ...]]:
     """Map of AICA_BACKUP_* variable names to key paths."""
     keys: dict[str, tuple[str, ...]] = {}
-    for name, f in Settings.model_fields.items():
-        if name == "root":
+    for f, tp in _keys(Settings):
+        section = _section_type(tp)
+        if section is None:
+            keys[f"{ENV_PREFIX}{f.name}".upper()] = (f.name,)
             continue
-        sub = f.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            for key, kf in sub.model_fields.items():
-                kinds = get_args(kf.annotation) or (kf.annotation,)
-                if any(isinstance(k, type) and issubclass(k, BaseModel) for k in kinds):
-                    continue  # a nested table ([offsite.retention]) is set in the file only
-                keys[f"{ENV_PREFIX}{name}_{key}".upper()] = (name, key)
-        else:
-            keys[f"{ENV_PREFIX}{name}".upper()] = (name,)
+        for kf, ktp in _keys(section):
+            if _section_type(ktp) is None:  # a nested table ([offsite.retention]): file only
+                keys[f"{ENV_PREFIX}{f.name}_{kf.name}".upper()] = (f.name, kf.name)
     for alias, path in ENV_ALIASES.items():
         keys[alias] = path
     return keys
@@ -246,12 +393,12 @@ def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _env_value(path: tuple[str, ...], raw: str) -> Any:
-    section = Settings.model_fields.get(path[0])
-    model = section.annotation if section else None
-    if len(path) == 2 and isinstance(model, type) and issubclass(model, BaseModel):
-        annotation = str(model.model_fields[path[1]].annotation)
-        if annotation.startswith("list"):
-            return [v.strip() for v in raw.split(",") if v.strip()]
+    """A list key's variable is comma-separated; every other value is parsed by its key."""
+    cls: type = Settings
+    for part in path[:-1]:
+        cls = _section_type(_hints(cls)[part]) or cls
+    if typing.get_origin(_hints(cls).get(path[-1])) is list:
+        return [v.strip() for v in raw.split(",") if v.strip()]
     return raw
 
 
@@ -297,18 +444,13 @@ def load_settings(
             _set(doc, key, value)
             origin[key] = "--" + key[-1].replace("_", "-")
     doc["root"] = root
-    try:
-        settings = Settings.model_validate(doc)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(str(p) for p in err["loc"])
-            where = ".".join(loc) or "configuration"
-            src = origin.get(loc)
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{where}{f' (from {src})' if src else ''}: {message}")
-        raise ConfigError(problems) from None
-    if problems:
+    found: Problems = []
+    settings = _convert(Settings, doc, (), found)
+    for loc, message in found:
+        src = origin.get(loc)
+        problems.append(
+            f"{'.'.join(loc) or 'configuration'}{f' (from {src})' if src else ''}: {message}"
+        )
+    if problems or settings is None:
         raise ConfigError(problems)
     return settings

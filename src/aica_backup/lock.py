@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import filelock
-import psutil
 
 from .errors import LockedError, StorageError
 from .fsutil import PRIVATE_FILE, atomic_write_bytes, ensure_private_dir
@@ -86,4 +85,6 @@ def exclusive_lock(meta_dir: Path, operation: str, wait: float = 0.0) -> Iterato
 def _alive(pid: int, host: object) -> bool:
     if host not in (None, socket.gethostname()):
         return True  # another machine's process: we cannot tell, so assume it lives
+    import psutil  # only here: asked only when a lock is found taken
+
     return psutil.pid_exists(pid)

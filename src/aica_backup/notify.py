@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +69,9 @@ class Notifier:
     redact: Redactor = field(default_factory=Redactor)
 
     def _post(self, url: str, body: dict[str, Any] | None) -> str | None:
+        import urllib.error  # only here: most runs notify no one, and it costs 10 ms to load
+        import urllib.request
+
         data = json.dumps(body).encode() if body is not None else b""
         request = urllib.request.Request(  # noqa: S310 - the operator configured this URL
             url, data=data, method="POST", headers={"Content-Type": "application/json"}

@@ -6,35 +6,64 @@ error into one line on stderr and the exit code its class carries.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import AicaBackupError, ExitCode
 from ..fsutil import storage_error
-from . import (
-    backup,
-    demo,
-    doctor,
-    keygen,
-    listing,
-    offsite,
-    pin,
-    prune,
-    recover,
-    restore,
-    schedule,
-    verify,
-)
 from .common import Globals, emit_json, err
+
+# Each command's module (under aica_backup.cli), in the order ``--help`` lists them. A module
+# is imported only when its command runs (or help lists it): a command starts without paying
+# for every other command's imports (0.2 s of a 0.3 s start-up before).
+COMMANDS = {
+    "backup": "backup",
+    "list": "listing",
+    "prune": "prune",
+    "pin": "pin",
+    "unpin": "pin",
+    "restore": "restore",
+    "recover": "recover",
+    "verify": "verify",
+    "doctor": "doctor",
+    "offsite": "offsite",
+    "keygen": "keygen",
+    "schedule": "schedule",
+    "demo": "demo",
+}
+
+
+def command_module(name: str) -> typer.Typer:
+    """A Typer app holding what ``COMMANDS[name]``'s module registers."""
+    sub = typer.Typer()
+    importlib.import_module(f"{__name__}.{COMMANDS[name]}").register(sub)
+    return sub
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: knows the command names, imports a command's module when it is asked
+    for. (Any: Typer's own Click is private, typer._click.)"""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        return typer.main.get_group(command_module(cmd_name)).commands.get(cmd_name)
+
 
 app = typer.Typer(
     name="aica-backup",
     help="Backup and recovery for the AICA-SyS app: database, uploads and config.",
+    cls=_LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -78,24 +107,9 @@ def _root(
     """Backup and recovery for the AICA-SyS app: database, uploads and config."""
     ctx.obj = Globals(root=root.absolute(), config_file=config_file)
     if ctx.invoked_subcommand not in (None, "recover", "demo", "keygen", "schedule"):
-        recover.finish_interrupted_restore(ctx)
+        from .recover import finish_interrupted_restore
 
-
-for module in (
-    backup,
-    listing,
-    prune,
-    pin,
-    restore,
-    recover,
-    verify,
-    doctor,
-    offsite,
-    keygen,
-    schedule,
-    demo,
-):
-    module.register(app)
+        finish_interrupted_restore(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import typer
 
-from ..appctl import run_command
 from ..errors import AicaBackupError
 from ..journal import find_journal, recover
 from ..layout import RESTORE_DIRNAME
@@ -31,6 +30,8 @@ def _recover(ctx: typer.Context) -> dict[str, object] | None:
         "notes": journal.notes,
     }
     if journal.app_stopped and journal.start_command:
+        from ..appctl import run_command  # here: every command passes through this module
+
         try:
             run_command(journal.start_command, "start")
             report["app_started"] = True
