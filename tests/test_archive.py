@@ -804,8 +804,15 @@ _OWNER = st.one_of(st.text(alphabet="abcdefgh_-0123456789", max_size=40), st.tex
 )
 @settings(max_examples=400)
 def test_fast_ustar_header_is_what_tarfile_writes(
-    name: str, is_dir: bool, mode: int, uid: int, gid: int, size: int, mtime: int,
-    uname: str, gname: str,
+    name: str,
+    is_dir: bool,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    uname: str,
+    gname: str,
 ) -> None:
     kind = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
     fast = ustar_header(name, kind, mode, uid, gid, size, mtime, uname, gname)

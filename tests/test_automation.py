@@ -42,7 +42,9 @@ def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess[str
     """The installed check-jsonschema with its bundled schema (no network)."""
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -108,8 +110,7 @@ def test_workflow_handles_secrets_safely() -> None:
 def test_workflow_scripts_are_valid_bash() -> None:
     for step in steps():
         if "run" in step:
-            proc = subprocess.run(["bash", "-n"], input=step["run"], capture_output=True,
-                                  text=True)
+            proc = subprocess.run(["bash", "-n"], input=step["run"], capture_output=True, text=True)
             assert proc.returncode == 0, f"{step['name']}: {proc.stderr}"
 
 
@@ -127,8 +128,9 @@ def free_port() -> int:
 
 
 def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)], check=True
+    )
     return path.with_suffix(".pub").read_text().strip()
 
 
@@ -166,8 +168,9 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         # the init script, which never ran here).
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     with open(d / "sshd.log", "wb") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -194,7 +197,7 @@ def production_host(root: Path) -> App:
         shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
     tool = app.root / ".venv" / "bin" / "aica-backup"
     tool.parent.mkdir(parents=True)
-    tool.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup \"$@\"\n")
+    tool.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup "$@"\n')
     tool.chmod(0o755)
     return app
 
@@ -228,7 +231,11 @@ def run_workflow_steps(tmp_path: Path, secrets: dict[str, str]) -> Run:
             env[key] = secrets.get(match.group(1), "")
         proc = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-            cwd=workspace, env=env, capture_output=True, text=True, timeout=300,
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         output.append(f"## {step['name']} (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
         failed = failed or proc.returncode != 0
@@ -248,9 +255,7 @@ def secrets_for(server: Sshd, app: App) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_workflow_backs_up_over_ssh_and_keeps_a_verified_copy(
-    sshd: Sshd, tmp_path: Path
-) -> None:
+def test_workflow_backs_up_over_ssh_and_keeps_a_verified_copy(sshd: Sshd, tmp_path: Path) -> None:
     app = production_host(tmp_path / "server" / "aica-sys")
     secrets = secrets_for(sshd, app)
     run = run_workflow_steps(tmp_path, secrets)
@@ -382,19 +387,21 @@ def test_backup_loop_sleeps_until_the_next_0300_then_backs_up(tmp_path: Path) ->
     stubs = {
         # The first sleep returns at once; the second ends the loop (and the test).
         "sleep": f'echo "sleep $1" >> {calls}\n'
-                 f'[ "$(grep -c sleep {calls})" -ge 2 ] && kill -TERM "$PPID"\nexit 0',
+        f'[ "$(grep -c sleep {calls})" -ge 2 ] && kill -TERM "$PPID"\nexit 0',
         "aica-backup": f'echo "aica-backup $*" >> {calls}\nexit 2',
     }
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     env_of_service = compose()["services"]["backup"]["environment"]
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TZ": env_of_service["TZ"],
-           "BACKUP_AT": env_of_service["BACKUP_AT"]}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TZ": env_of_service["TZ"],
+        "BACKUP_AT": env_of_service["BACKUP_AT"],
+    }
     script = backup_script().replace("$$", "$")  # what Compose hands to the container
     started = time.time()
-    proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     lines = calls.read_text().splitlines()
     assert lines[1] == "aica-backup backup --verify"
     assert "backup failed (exit 2)" in proc.stderr  # a failed run is reported, the loop goes on

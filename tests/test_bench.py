@@ -101,16 +101,19 @@ def test_generator_is_deterministic_and_makes_the_documented_layout(
 
 def test_small_files_variant_keeps_the_bytes(tmp_path: Path, generate: ModuleType) -> None:
     normal = generate.generate(tmp_path / "n", SCALE, seed=1, quiet=True)
-    small = generate.generate(tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300,
-                              quiet=True)
+    small = generate.generate(
+        tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300, quiet=True
+    )
     assert small["uploads"]["files"] == 300
     assert len(_tree(tmp_path / "s/public/uploads")) == 300
-    assert abs(small["uploads"]["bytes"] - normal["uploads"]["bytes"]) < 0.02 * normal["uploads"][
-        "bytes"
-    ]
+    assert (
+        abs(small["uploads"]["bytes"] - normal["uploads"]["bytes"])
+        < 0.02 * normal["uploads"]["bytes"]
+    )
     # A second call with the same parameters reuses the data set; other parameters refuse.
-    again = generate.generate(tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300,
-                              quiet=True)
+    again = generate.generate(
+        tmp_path / "s", SCALE, seed=1, db_scale=0.001, small_files=300, quiet=True
+    )
     assert again["generated_at"] == small["generated_at"]
     with pytest.raises(SystemExit):
         generate.generate(tmp_path / "s", SCALE, seed=2, quiet=True)
@@ -119,8 +122,11 @@ def test_small_files_variant_keeps_the_bytes(tmp_path: Path, generate: ModuleTyp
 def test_report_helpers_read_aica_json() -> None:
     pipelines = _load("pipelines")
     loadtest = _load("loadtest")
-    restore_json = {"ok": True, "safety_backup": "pre-restore_x.tar.gz",
-                    "timings": {"stage_and_verify": 1.5, "safety_backup": 2.25}}
+    restore_json = {
+        "ok": True,
+        "safety_backup": "pre-restore_x.tar.gz",
+        "timings": {"stage_and_verify": 1.5, "safety_backup": 2.25},
+    }
     assert pipelines.find_seconds(restore_json, ("safety",)) == 2.25
     assert pipelines.find_seconds({"timings": {}}, ("safety",)) is None
     text = 'progress line\n{"a": 1}\n'
@@ -133,10 +139,27 @@ def test_report_helpers_read_aica_json() -> None:
 def test_runner_completes_at_a_tiny_scale_and_prints_the_table(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AICA_BACKUP_")}
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--scale", str(SCALE), "--rounds", "1",
-         "--only", "aica,baseline", "--extras", "none",
-         "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--scale",
+            str(SCALE),
+            "--rounds",
+            "1",
+            "--only",
+            "aica,baseline",
+            "--extras",
+            "none",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

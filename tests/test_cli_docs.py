@@ -43,6 +43,12 @@ def test_the_command_table_names_what_each_module_registers() -> None:
         assert registered == {n for n, m in MODULES.items() if m == module}, module
 
 
+def test_a_mistyped_command_gets_a_suggestion() -> None:
+    result = CliRunner().invoke(app, ["bakup"])
+    assert result.exit_code != 0
+    assert "Did you mean 'backup'?" in result.output
+
+
 def test_a_command_imports_only_what_it_needs() -> None:
     """Start-up time: ``backup`` loads neither the other commands nor the optional layers."""
     code = (

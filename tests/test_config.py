@@ -252,6 +252,13 @@ def test_each_key_is_typed_and_bounded(tmp_path: Path, text: str, expected: str)
     assert problem.startswith(expected), problem
 
 
+def test_whole_numbers_written_as_floats_are_integers(tmp_path: Path) -> None:
+    write_config(tmp_path, "[log]\nmax_bytes = 1e6\n[backup]\nthreads = 4.0\n")
+    s = load_settings(tmp_path, env={})
+    assert (s.log.max_bytes, s.backup.threads) == (1_000_000, 4)
+    assert isinstance(s.log.max_bytes, int)
+
+
 def test_env_strings_are_parsed_by_their_key(tmp_path: Path) -> None:
     s = load_settings(
         tmp_path,
@@ -260,10 +267,13 @@ def test_env_strings_are_parsed_by_their_key(tmp_path: Path) -> None:
             "AICA_BACKUP_BACKUP_IDLE_PRIORITY": "0",
             "AICA_BACKUP_BACKUP_LEVEL": " 2 ",
             "AICA_BACKUP_NOTIFY_TIMEOUT": "1e1",
+            "AICA_BACKUP_BACKUP_THREADS": "4.0",
+            "AICA_BACKUP_BACKUP_DATABASE_OPTIONAL": "y",
         },
     )
     assert (s.backup.verify, s.backup.idle_priority, s.backup.level) == (True, False, 2)
     assert s.notify.timeout == 10.0
+    assert (s.backup.threads, s.backup.database_optional) == (4, True)
     problems = problems_of(
         tmp_path,
         env={"AICA_BACKUP_BACKUP_VERIFY": "maybe", "AICA_BACKUP_HEALTH_MAX_AGE_HOURS": "nan"},

@@ -11,7 +11,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "aica_backup", "demo", "--dir", str(root)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("✓") == 3 and "✗ database" not in proc.stdout
@@ -27,7 +30,10 @@ def test_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "x" / "keep.txt").write_text("mine")
     proc = subprocess.run(
         [sys.executable, "-m", "aica_backup", "demo", "--dir", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 3
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"

@@ -49,12 +49,17 @@ def test_stale_wal_is_folded_in_without_losing_rows(app: App) -> None:
 def test_holder_is_named_and_its_wal_left_alone(app: App) -> None:
     app.run("backup")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time\n"
-         "c = sqlite3.connect(sys.argv[1])\n"
-         "c.execute('BEGIN EXCLUSIVE'); c.execute(\"INSERT INTO notes(body) VALUES ('x')\")\n"
-         "print('ready', flush=True); time.sleep(60)\n", str(app.db)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1])\n"
+            "c.execute('BEGIN EXCLUSIVE'); c.execute(\"INSERT INTO notes(body) VALUES ('x')\")\n"
+            "print('ready', flush=True); time.sleep(60)\n",
+            str(app.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"

@@ -33,7 +33,9 @@ def holding(db: Path, marker: str) -> Iterator[subprocess.Popen[str]]:
     """A real process holding ``db`` open until the block ends."""
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db), marker],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -117,8 +117,9 @@ def test_health_failure_after_restore_rolls_back(backend_app: App, tmp_path: Pat
     with _started(app, start):
         _wait_health(f"http://127.0.0.1:{port}/health")
         app.run("backup")
-        note = httpx.post(f"http://127.0.0.1:{port}/api/notes",
-                          json={"title": "B", "body": "kept"}).json()
+        note = httpx.post(
+            f"http://127.0.0.1:{port}/api/notes", json={"title": "B", "body": "kept"}
+        ).json()
         proc = app.run("restore", "--yes", check=False)
         assert proc.returncode == 10, proc.stderr
         assert "rolled back" in proc.stderr

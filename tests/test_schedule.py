@@ -212,8 +212,13 @@ def test_install_and_remove_with_the_real_crontab(app: App, user_crontab: None) 
 def test_missing_crontab_is_a_clear_error(app: App, tmp_path: Path) -> None:
     empty = tmp_path / "empty-path"
     empty.mkdir()
-    proc = app.run("schedule", "cron", "--install", check=False,
-                   env={"PATH": str(empty), "HOME": str(tmp_path)})
+    proc = app.run(
+        "schedule",
+        "cron",
+        "--install",
+        check=False,
+        env={"PATH": str(empty), "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2
     assert "the crontab command is not installed" in proc.stderr
     assert "apt-get install cron" in proc.stderr
@@ -284,9 +289,13 @@ def installed_units(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
 
 def analyze_verify(*units: Path) -> subprocess.CompletedProcess[str]:
     assert SYSTEMD_ANALYZE is not None
-    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
 
 
 def complaints(proc: subprocess.CompletedProcess[str], folder: Path) -> list[str]:
@@ -316,12 +325,14 @@ def test_systemd_analyze_verify_does_catch_mistakes(tmp_path: Path) -> None:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize(("spec", "when"), [("*-*-* 03:00:00", " 03:00:00 "),
-                                            ("Sun *-*-* 02:00:00", "Sun ")])
+@pytest.mark.parametrize(
+    ("spec", "when"), [("*-*-* 03:00:00", " 03:00:00 "), ("Sun *-*-* 02:00:00", "Sun ")]
+)
 def test_timer_calendars_parse(spec: str, when: str) -> None:
     assert SYSTEMD_ANALYZE is not None
-    proc = subprocess.run([SYSTEMD_ANALYZE, "calendar", spec], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "calendar", spec], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"Normalized form: {spec}" in proc.stdout
     next_elapse = next(line for line in proc.stdout.splitlines() if "Next elapse:" in line)

@@ -13,7 +13,7 @@ from aica_backup.snapshot import check_file
 def _database(path: Path, *, broken_index: bool) -> Path:
     db = sqlite3.connect(path)
     db.executescript(
-        'CREATE TABLE t(a, b NOT NULL); CREATE INDEX i ON t(a);'
+        "CREATE TABLE t(a, b NOT NULL); CREATE INDEX i ON t(a);"
         'CREATE TABLE "odd ""name"" ; --"(x); INSERT INTO "odd ""name"" ; --" VALUES (1);'
     )
     db.executemany("INSERT INTO t VALUES (?, ?)", [(i, -i) for i in range(500)])

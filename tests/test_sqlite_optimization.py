@@ -28,7 +28,10 @@ PYTHONS = {"psutil": [sys.executable], "proc-fallback": [sys.executable, "-S"]}
 def run(*args: str, cwd: Path, python: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*(python or [sys.executable]), str(SCRIPT), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -52,8 +55,9 @@ def test_guide_command_from_the_app_root(tmp_path: Path) -> None:
     (app.root / "scripts").mkdir()
     shutil.copy2(SCRIPT, app.root / "scripts" / SCRIPT.name)
     rows = app.rows()
-    proc = subprocess.run(["bash", "-c", GUIDE_COMMAND], cwd=app.root, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "-c", GUIDE_COMMAND], cwd=app.root, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     out = proc.stdout

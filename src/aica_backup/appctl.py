@@ -56,8 +56,13 @@ def run_command(command: str, what: str, timeout: float = 120) -> None:
     with tempfile.TemporaryFile() as output:
         try:
             proc = subprocess.run(  # noqa: S602 - the operator's own command line, from config
-                command, shell=True, stdin=subprocess.DEVNULL, stdout=output,
-                stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                command,
+                shell=True,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise BusyError(f"{what} command did not finish within {timeout:.0f} s") from None

@@ -239,9 +239,10 @@ def create_archive(
 
             t0 = time.perf_counter()
             # on an error the writer is aborted, so nothing more is flushed at exit
-            with _output(tmp, options) as (stream, hasher), ArchiveWriter(
-                stream, advance if progress is not None else None
-            ) as writer:
+            with (
+                _output(tmp, options) as (stream, hasher),
+                ArchiveWriter(stream, advance if progress is not None else None) as writer,
+            ):
                 if db_present:
                     db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
                     writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)

@@ -232,8 +232,8 @@ class Settings(_Section):
 # every command, a third of a command's fixed start-up time.)
 
 _BOOLS = {
-    "true": True, "yes": True, "on": True, "1": True,
-    "false": False, "no": False, "off": False, "0": False,
+    "true": True, "t": True, "yes": True, "y": True, "on": True, "1": True,
+    "false": False, "f": False, "no": False, "n": False, "off": False, "0": False,
 }  # fmt: skip
 
 
@@ -261,8 +261,9 @@ def _section_type(tp: Any) -> type[_Section] | None:
 
 
 def _scalar(tp: Any, value: Any) -> Any:
-    """``value`` as ``tp``; raise ValueError saying what was expected. Strings (environment
-    variables, flags) are parsed; a TOML value must have the right type already."""
+    """``value`` as ``tp``; raise ValueError saying what was expected. A string is parsed as
+    the key's type (environment variables are strings); otherwise the TOML type must fit,
+    as pydantic's lax mode had it: no bool for a number, no number for a bool."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(tp):
@@ -287,8 +288,10 @@ def _scalar(tp: Any, value: Any) -> Any:
     if tp in (int, float):
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
-                return tp(value.strip())
-        accepted = int if tp is int else int | float  # never a bool, and an int is no float
+                value = float(value) if tp is float or not value.strip().isdigit() else int(value)
+        if isinstance(value, float) and tp is int and value.is_integer():
+            value = int(value)  # 1e6 or 4.0 is a whole number
+        accepted = int if tp is int else int | float  # never a bool
         if isinstance(value, bool) or not isinstance(value, accepted):
             raise ValueError("must be an integer" if tp is int else "must be a number")
         return tp(value)
@@ -296,7 +299,7 @@ def _scalar(tp: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError("must be a string")
         return value
-    return value  # Settings.root: set by the code, not a file key
+    raise TypeError(f"configuration key of unsupported type {tp}")
 
 
 def _bounds(f: dataclasses.Field[Any], value: Any) -> None:

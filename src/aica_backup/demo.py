@@ -65,8 +65,10 @@ def build_sample_app(layout: Layout, *, users: int = 200, notes: int = 2000) -> 
     for rel, size in UPLOADS.items():
         path = layout.uploads_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = rnd.randbytes(size) if not rel.endswith((".md", ".txt", ".json")) else (
-            ("サンプル text line\n" * (size // 24)).encode()
+        data = (
+            rnd.randbytes(size)
+            if not rel.endswith((".md", ".txt", ".json"))
+            else (("サンプル text line\n" * (size // 24)).encode())
         )
         path.write_bytes(data)
     layout.config_path.write_text(
@@ -81,8 +83,12 @@ def fingerprint(layout: Layout) -> dict[str, Any]:
     if layout.database_path.exists():
         conn = sqlite3.connect(f"file:{layout.database_path}?mode=ro", uri=True)
         try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+                )
+            ]
             for table in tables:
                 db += [(table, *row) for row in conn.execute(f'SELECT * FROM "{table}"')]  # noqa: S608
         finally:

@@ -46,45 +46,77 @@ def check_backups(layout: Layout, max_age_hours: float) -> list[Finding]:
     catalog = Catalog(layout.backups_dir)
     entries = [catalog.entry(n, read_missing=False) for n in catalog.names(("backup",))]
     if not entries:
-        return [Finding("no-backups", ERROR, f"no backups in {layout.backups_dir}",
-                        "make one now: ./scripts/backup.sh (and schedule it: "
-                        "aica-backup schedule cron)")]
+        return [
+            Finding(
+                "no-backups",
+                ERROR,
+                f"no backups in {layout.backups_dir}",
+                "make one now: ./scripts/backup.sh (and schedule it: aica-backup schedule cron)",
+            )
+        ]
     findings: list[Finding] = []
     newest = entries[0]
     age = (datetime.now(UTC) - newest.local_time).total_seconds() / 3600
     if age > max_age_hours:
-        findings.append(Finding("backup-too-old", WARNING,
-                                f"newest backup {newest.name} is {age:.0f} h old "
-                                f"(limit {max_age_hours:.0f} h)",
-                                "check the schedule (cron, systemd timer or CI) and its log"))
+        findings.append(
+            Finding(
+                "backup-too-old",
+                WARNING,
+                f"newest backup {newest.name} is {age:.0f} h old (limit {max_age_hours:.0f} h)",
+                "check the schedule (cron, systemd timer or CI) and its log",
+            )
+        )
     if newest.failed:
-        findings.append(Finding("backup-failed-verify", ERROR,
-                                f"newest backup {newest.name} failed verification",
-                                "run ./scripts/backup.sh --verify, then aica-backup verify --all"))
+        findings.append(
+            Finding(
+                "backup-failed-verify",
+                ERROR,
+                f"newest backup {newest.name} failed verification",
+                "run ./scripts/backup.sh --verify, then aica-backup verify --all",
+            )
+        )
     return findings
 
 
 def check_database(layout: Layout, fix: bool) -> list[Finding]:
     db = layout.database_path
-    init = "cd backend && python3 -c \"from database import init_db; init_db()\""
+    init = 'cd backend && python3 -c "from database import init_db; init_db()"'
     if not db.exists():
         if layout.database_optional:
             return []
-        return [Finding("database-missing", ERROR, f"database not found: {db}",
-                        f"restore the newest backup (./scripts/restore.sh) or start fresh: {init}")]
+        return [
+            Finding(
+                "database-missing",
+                ERROR,
+                f"database not found: {db}",
+                f"restore the newest backup (./scripts/restore.sh) or start fresh: {init}",
+            )
+        ]
     findings: list[Finding] = []
     holders = find_holders(database_files(db))
     wal = db.with_name(db.name + "-wal")
     shm = db.with_name(db.name + "-shm")
     stale = (wal.exists() or shm.exists()) and not holders  # looked at before anything opens it
     if holders:
-        findings.append(Finding("database-in-use", INFO, f"database open in {describe(holders)}",
-                                "nothing to do while the app runs; stop it before a restore"))
+        findings.append(
+            Finding(
+                "database-in-use",
+                INFO,
+                f"database open in {describe(holders)}",
+                "nothing to do while the app runs; stop it before a restore",
+            )
+        )
         if _write_locked(db):
-            return [*findings, Finding(
-                "database-locked", ERROR, f"database is locked, held by {describe(holders)}",
-                "stop that process cleanly (do not delete -wal/-shm files: they can hold "
-                "committed data), then run aica-backup doctor --fix")]
+            return [
+                *findings,
+                Finding(
+                    "database-locked",
+                    ERROR,
+                    f"database is locked, held by {describe(holders)}",
+                    "stop that process cleanly (do not delete -wal/-shm files: they can hold "
+                    "committed data), then run aica-backup doctor --fix",
+                ),
+            ]
     try:
         # Without holders or a WAL, read immutably: opening must not create -wal/-shm files.
         opener = connect_existing(db, readonly=True) if holders or stale else open_snapshot(db)
@@ -92,25 +124,44 @@ def check_database(layout: Layout, fix: bool) -> list[Finding]:
             mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
             result = "; ".join(str(r[0]) for r in conn.execute("PRAGMA quick_check(5)"))
     except sqlite3.DatabaseError as exc:
-        return [Finding("database-unreadable", ERROR, f"database cannot be opened: {exc}",
-                        f"restore the newest good backup: ./scripts/restore.sh (or {init})")]
+        return [
+            Finding(
+                "database-unreadable",
+                ERROR,
+                f"database cannot be opened: {exc}",
+                f"restore the newest good backup: ./scripts/restore.sh (or {init})",
+            )
+        ]
     if result != "ok":
-        findings.append(Finding("database-corrupt", ERROR, f"database failed quick_check: {result}",
-                                "restore the newest good backup: ./scripts/restore.sh"))
+        findings.append(
+            Finding(
+                "database-corrupt",
+                ERROR,
+                f"database failed quick_check: {result}",
+                "restore the newest good backup: ./scripts/restore.sh",
+            )
+        )
     if stale:
         size = wal.stat().st_size if wal.exists() else 0
-        finding = Finding("stale-wal", WARNING,
-                          f"{wal.name}/{shm.name} left by a process that ended ({size:,} bytes "
-                          "of write-ahead log, possibly committed data)",
-                          "aica-backup doctor --fix folds it into the database safely "
-                          "(never rm it)")
+        finding = Finding(
+            "stale-wal",
+            WARNING,
+            f"{wal.name}/{shm.name} left by a process that ended ({size:,} bytes "
+            "of write-ahead log, possibly committed data)",
+            "aica-backup doctor --fix folds it into the database safely (never rm it)",
+        )
         if fix:
             finding.fixed = _checkpoint(db)
         findings.append(finding)
     if mode == "delete" and _header_mode(db) != "wal":
-        findings.append(Finding("not-wal", WARNING,
-                                "database is not in WAL mode: writers and backups block each other",
-                                "cd backend && python3 ../scripts/sqlite-optimization.py"))
+        findings.append(
+            Finding(
+                "not-wal",
+                WARNING,
+                "database is not in WAL mode: writers and backups block each other",
+                "cd backend && python3 ../scripts/sqlite-optimization.py",
+            )
+        )
     return findings
 
 
@@ -158,9 +209,12 @@ def check_permissions(layout: Layout, fix: bool) -> list[Finding]:
     for path, mode in wanted:
         current = _mode(path)
         if current & 0o077:
-            finding = Finding("permissions", ERROR,
-                              f"{path} is readable by others (mode {current:o}, want {mode:o})",
-                              f"chmod {mode:o} {path} (or aica-backup doctor --fix)")
+            finding = Finding(
+                "permissions",
+                ERROR,
+                f"{path} is readable by others (mode {current:o}, want {mode:o})",
+                f"chmod {mode:o} {path} (or aica-backup doctor --fix)",
+            )
             if fix:
                 path.chmod(mode)
                 finding.fixed = True

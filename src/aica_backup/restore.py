@@ -308,7 +308,11 @@ def restore(
         if options.dry_run:
             _discard(work)
             return RestoreResult(
-                archive.name, layout.root, True, changes, timings=timings,
+                archive.name,
+                layout.root,
+                True,
+                changes,
+                timings=timings,
                 database_check=staged.db_check,
             )
         paths = [info.path for info in staged.manifest.components.values() if info.present]

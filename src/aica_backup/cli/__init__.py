@@ -6,9 +6,11 @@ error into one line on stderr and the exit code its class carries.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,8 +42,9 @@ COMMANDS = {
 }
 
 
+@functools.cache
 def command_module(name: str) -> typer.Typer:
-    """A Typer app holding what ``COMMANDS[name]``'s module registers."""
+    """A Typer app holding what ``COMMANDS[name]``'s module registers (once per process)."""
     sub = typer.Typer()
     importlib.import_module(f"{__name__}.{COMMANDS[name]}").register(sub)
     return sub
@@ -58,6 +61,18 @@ class _LazyGroup(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         return typer.main.get_group(command_module(cmd_name)).commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except typer.TyperException as exc:  # "No such command": suggest from the table
+            message = getattr(exc, "message", None)
+            matches = get_close_matches(args[0], COMMANDS) if args else []
+            if matches and isinstance(message, str) and "Did you mean" not in message:
+                exc.message = (
+                    f"{message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+                )
+            raise
 
 
 app = typer.Typer(

@@ -24,8 +24,9 @@ def _step(n: int, text: str) -> None:
 def command(
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Build the sample app here (default: a new temp folder).",
-                     file_okay=False),
+        typer.Option(
+            "--dir", help="Build the sample app here (default: a new temp folder).", file_okay=False
+        ),
     ] = None,
 ) -> None:
     """Run the main job on a sample app: backup, verify, offsite, damage, restore, check."""
@@ -39,13 +40,16 @@ def command(
     _step(1, f"Sample app in {root}")
     build_sample_app(layout)
     original = fingerprint(layout)
-    out.print(f"   database {layout.database} ({len(original['rows']):,} rows, WAL mode), "
-              f"{len(original['uploads'])} uploads with Japanese names, "
-              f"{layout.config} (0600)")
+    out.print(
+        f"   database {layout.database} ({len(original['rows']):,} rows, WAL mode), "
+        f"{len(original['uploads'])} uploads with Japanese names, "
+        f"{layout.config} (0600)"
+    )
 
     _step(2, "Backup (the guide's ./scripts/backup.sh), with an offsite copy to a folder")
-    result, report, _code = run_backup_job(s, verify=False, apply_retention=True, offsite=True,
-                                           wait=0, show_progress=True)
+    result, report, _code = run_backup_job(
+        s, verify=False, apply_retention=True, offsite=True, wait=0, show_progress=True
+    )
     out.print("   " + summary_line(result), markup=False)
     for copy in report.get("offsite", []):
         state = "verified" if copy["ok"] else f"FAILED: {copy['error']}"
@@ -54,8 +58,11 @@ def command(
     _step(3, "Verify (the guide's test restore, automated)")
     check = verify_and_record(s, result.name)
     state = "OK" if check["ok"] else "FAILED"
-    out.print(f"   {result.name}: {state} — {check['members']} members, "
-              f"every SHA-256 rechecked, database integrity {check['database']}", markup=False)
+    out.print(
+        f"   {result.name}: {state} — {check['members']} members, "
+        f"every SHA-256 rechecked, database integrity {check['database']}",
+        markup=False,
+    )
 
     _step(4, "Disaster")
     for line in damage(layout):
@@ -64,24 +71,29 @@ def command(
     _step(5, "Restore (the guide's ./scripts/restore.sh, answered yes)")
     with exclusive_lock(layout.meta_dir, "restore"):
         restored = restore(layout, result.path, RestoreOptions(safety_keep=3))
-    out.print(f"   restored {restored.archive}; safety backup of the damaged state: "
-              f"{restored.safety_backup}", markup=False)
+    out.print(
+        f"   restored {restored.archive}; safety backup of the damaged state: "
+        f"{restored.safety_backup}",
+        markup=False,
+    )
 
     _step(6, "Check")
     now = fingerprint(layout)
     checks = {
         f"database: {len(now['rows']):,} rows identical": now["rows"] == original["rows"],
-        f"uploads: {len(now['uploads'])} files byte-for-byte identical":
-            now["uploads"] == original["uploads"],
-        ".env.production: identical bytes, mode 0600":
-            (now["config"], now["config_mode"]) == (original["config"], 0o600),
+        f"uploads: {len(now['uploads'])} files byte-for-byte identical": now["uploads"]
+        == original["uploads"],
+        ".env.production: identical bytes, mode 0600": (now["config"], now["config_mode"])
+        == (original["config"], 0o600),
     }
     for text, ok in checks.items():
         out.print(f"   {'✓' if ok else '✗'} {text}", markup=False)
     size = sum(p.stat().st_size for p in layout.backups_dir.glob("*.tar.gz"))
-    out.print(f"\nArchives ({human_size(size)}) in {layout.backups_dir}; explore with:\n"
-              f"   aica-backup --root {root} list --all\n"
-              f"   tar -tzf {result.path}")
+    out.print(
+        f"\nArchives ({human_size(size)}) in {layout.backups_dir}; explore with:\n"
+        f"   aica-backup --root {root} list --all\n"
+        f"   tar -tzf {result.path}"
+    )
     if not all(checks.values()):
         raise typer.Exit(2)
 
