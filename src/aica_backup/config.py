@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import tomllib
 import types
@@ -237,12 +238,9 @@ _BOOLS = {
 }  # fmt: skip
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    hints: dict[str, Any] | None = cls.__dict__.get("_hints_cache")
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        cls._hints_cache = hints  # type: ignore[attr-defined]
-    return hints
+    return typing.get_type_hints(cls)
 
 
 def _keys(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
@@ -327,16 +325,16 @@ def _convert(cls: type[_S], doc: Any, loc: tuple[str, ...], problems: Problems) 
         problems.append((loc, "must be a table"))
         return None
     keys = {f.name: (f, tp) for f, tp in _keys(cls)}
-    for name in doc:
-        if name not in keys and name not in getattr(cls, "NOT_KEYS", ()):
-            problems.append(((*loc, str(name)), "unknown key"))
-    values: dict[str, Any] = {}
+    given: frozenset[str] = getattr(cls, "NOT_KEYS", frozenset())  # by the code: taken as is
+    values: dict[str, Any] = {name: doc[name] for name in given if name in doc}
     ok = True
     for name, value in doc.items():
+        where = (*loc, str(name))
         if name not in keys:
+            if name not in given:
+                problems.append((where, "unknown key"))
             continue
         f, tp = keys[name]
-        where = (*loc, name)
         section = _section_type(tp)
         try:
             if section is not None and value is not None:
@@ -348,8 +346,6 @@ def _convert(cls: type[_S], doc: Any, loc: tuple[str, ...], problems: Problems) 
         except ValueError as exc:
             problems.append((where, str(exc)))
             ok = False
-    if "root" in doc and "root" in getattr(cls, "NOT_KEYS", ()):
-        values["root"] = doc["root"]
     if not ok:
         return None
     result = cls(**values)

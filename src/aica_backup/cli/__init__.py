@@ -43,11 +43,11 @@ COMMANDS = {
 
 
 @functools.cache
-def command_module(name: str) -> typer.Typer:
-    """A Typer app holding what ``COMMANDS[name]``'s module registers (once per process)."""
+def command_group(module: str) -> Any:
+    """The Click group of what ``aica_backup.cli.<module>`` registers, built once per process."""
     sub = typer.Typer()
-    importlib.import_module(f"{__name__}.{COMMANDS[name]}").register(sub)
-    return sub
+    importlib.import_module(f"{__name__}.{module}").register(sub)
+    return typer.main.get_group(sub)
 
 
 class _LazyGroup(TyperGroup):
@@ -60,7 +60,7 @@ class _LazyGroup(TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in COMMANDS:
             return None
-        return typer.main.get_group(command_module(cmd_name)).commands.get(cmd_name)
+        return command_group(COMMANDS[cmd_name]).commands.get(cmd_name)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
