@@ -27,7 +27,7 @@ from typing import Any
 import generate
 import loadtest
 import report
-from measure import RSS_METHOD, CommandFailed, Sample, median, run, settle, summarize
+from measure import RSS_METHOD, CommandFailed, Sample, median, retire, run, settle, summarize
 from pipelines import BASELINE, ZSTD, AicaBackup, Borg, Contender, Context, Restic
 
 BENCH = Path(__file__).resolve().parent
@@ -186,7 +186,7 @@ class Bench:
                 if c is self.aica and self.aica.features.get("restore_full_check"):
                     # verify ran first, so the restore above reused its integrity_check of
                     # the same database: time the restore that repeats it as well
-                    shutil.rmtree(slot / "restored")
+                    self.retire(slot / "restored")
                     settle()
                     full = self.aica.restore(ctx, slot, slot / "restored", "--full-check")
                     self.full_check.append(full)
@@ -197,8 +197,16 @@ class Bench:
                           f"{str(exc).strip().splitlines()[0][:300]}")
                 log(str(exc))
             finally:
-                shutil.rmtree(slot, ignore_errors=True)
+                self.retire(slot)
                 shutil.rmtree(ctx.app / "backups", ignore_errors=True)
+
+    def retire(self, path: Path) -> None:
+        """Out of the way, its inodes kept until the run ends (see :func:`measure.retire`)."""
+        try:
+            retire(path, self.work / ".retired")
+        except OSError as exc:
+            log(f"cannot retire {path} ({exc}): deleting it")
+            shutil.rmtree(path, ignore_errors=True)
 
     def compare(self, app: Path) -> None:
         ctx = Context(app=app, work=self.work, env=self.env)

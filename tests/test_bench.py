@@ -135,6 +135,27 @@ def test_report_helpers_read_aica_json() -> None:
     assert loadtest.percentile([5.0], 50) == 5.0
 
 
+def test_retire_frees_the_space_but_keeps_inodes_and_shared_archives(tmp_path: Path) -> None:
+    measure = _load("measure")
+    app_archive = tmp_path / "app-backups" / "a.tar.gz"
+    app_archive.parent.mkdir()
+    app_archive.write_bytes(b"archive" * 100)
+    slot = tmp_path / "round0" / "restored"
+    (slot / "deep").mkdir(parents=True)
+    (slot / "deep" / "file").write_bytes(b"x" * 5000)
+    (slot / "readonly").write_bytes(b"y" * 5000)
+    (slot / "readonly").chmod(0o444)  # as restic's and borg's repository files are
+    os.link(app_archive, slot / "a.tar.gz")  # as the runner's `cp -al` of the backups folder
+    graveyard = tmp_path / "graveyard"
+    measure.retire(slot, graveyard)
+    measure.retire(tmp_path / "missing", graveyard)  # nothing there: nothing to do
+    assert not slot.exists()
+    [kept] = graveyard.iterdir()
+    assert (kept / "deep" / "file").stat().st_size == 0
+    assert (kept / "readonly").stat().st_size == 0
+    assert app_archive.read_bytes() == b"archive" * 100
+
+
 @pytest.mark.slow
 def test_runner_completes_at_a_tiny_scale_and_prints_the_table(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AICA_BACKUP_")}

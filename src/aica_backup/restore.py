@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +29,11 @@ from .catalog import Catalog, prune
 from .errors import AicaBackupError, ArchiveError, RolledBackError, StorageError
 from .fsutil import (
     check_writable_dir,
+    discard_tree,
     ensure_private_dir,
     nearest_existing,
     same_filesystem,
+    spread_subfolders,
     sync_to_disk,
 )
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
@@ -190,6 +191,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
 
 def _work_dir(layout: Layout) -> Path:
     ensure_private_dir(layout.restore_dir)
+    spread_subfolders(layout.restore_dir)  # staging gets a block group of its own
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return layout.restore_dir / f"{stamp}-{os.getpid()}"
 
@@ -387,7 +389,7 @@ def restore(
 
 def _discard(work: Path) -> None:
     """Remove a work folder, and the restore folder too once it is empty."""
-    shutil.rmtree(work, ignore_errors=True)
+    discard_tree(work)
     with contextlib.suppress(OSError):
         work.parent.rmdir()
 
