@@ -137,12 +137,12 @@ def retire(path: Path, graveyard: Path) -> None:
     """Put a finished tree out of the way: free its space now, unlink its files at the end.
 
     ext4 without a journal (the root file system of many VMs) will not reuse an inode freed in
-    the last few seconds, or minutes while its inode table block is dirty: every file created
+    the last minute, or six while its inode table block is unwritten: every file created
     scans past each of them (``recently_deleted`` in the kernel). Deleting one round's few
-    thousand files then slowed every later extraction, of every contender, by up to a second,
-    and by more as the run went on. Truncating frees the blocks and keeps the inodes; the
-    caller removes ``graveyard`` once the timings are over. Files with other links (archives
-    hard-linked from the app's backups folder) are left whole.
+    thousand files then slowed the later extractions of every contender, by up to a second.
+    Truncating frees the blocks and keeps the inodes; the caller removes ``graveyard`` once
+    the timings are over. Files with other links (archives hard-linked from the app's backups
+    folder) are left whole.
     """
     if not path.exists():
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def test_discard_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> 
     assert (outside / "keep.txt").read_text() == "not ours"
     assert _open_fds() == before
     discard_tree(tree)  # already gone: quietly nothing
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    discard_tree(link)  # a link given as the tree: nothing behind it is touched
+    assert (outside / "keep.txt").read_text() == "not ours"
 
 
 def _flags(path: Path) -> int | None:
@@ -63,14 +68,31 @@ def _flags(path: Path) -> int | None:
     return int.from_bytes(got, sys.byteorder)
 
 
+def test_the_inode_flag_requests_are_linux_own() -> None:
+    if struct.calcsize("l") == 8:  # <linux/fs.h> on x86_64 and arm64
+        assert (fsutil._FS_IOC_GETFLAGS, fsutil._FS_IOC_SETFLAGS) == (0x80086601, 0x40086602)
+    else:
+        assert (fsutil._FS_IOC_GETFLAGS, fsutil._FS_IOC_SETFLAGS) == (0x80046601, 0x40046602)
+
+
 def test_spread_subfolders_sets_the_top_folder_hint_where_there_is_one(tmp_path: Path) -> None:
     spread_subfolders(tmp_path)
     spread_subfolders(tmp_path)  # set already: nothing changes
     spread_subfolders(tmp_path / "missing")  # only a hint: never an error
-    flags = _flags(tmp_path)
-    if flags is None:
-        pytest.skip("the file system of tmp_path has no inode flags")
-    assert flags & fsutil._FS_TOPDIR_FL
     (tmp_path / "staging").mkdir()
     (tmp_path / "staging" / "file").write_bytes(b"x")
     assert (tmp_path / "staging" / "file").read_bytes() == b"x"
+    flags = _flags(tmp_path)
+    if flags is None or not flags & fsutil._FS_TOPDIR_FL:
+        probe = tmp_path / "probe"
+        probe.mkdir()
+        fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # set it by hand: a file system that refuses it (xfs, btrfs, tmpfs) skips
+            top = fsutil._FS_TOPDIR_FL.to_bytes(4, sys.byteorder)
+            fcntl.ioctl(fd, fsutil._FS_IOC_SETFLAGS, top)
+        except OSError:
+            pytest.skip("the file system of tmp_path has no 'T' attribute")
+        finally:
+            os.close(fd)
+        pytest.fail("spread_subfolders did not set the 'T' attribute this file system has")
+    assert not (_flags(tmp_path / "staging") or 0) & fsutil._FS_TOPDIR_FL  # not inherited

@@ -413,3 +413,21 @@ def test_a_swapped_in_database_that_is_not_the_checked_file_rolls_back(
     with pytest.raises(RolledBackError, match="not the database file that was checked"):
         restore(Layout(root=app.root), archive, RestoreOptions())
     assert fingerprint(app) == state_b
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root restores files for another user")
+def test_restored_files_keep_the_owner_of_what_they_replace(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    """Run as root, a restore hands every file back to the app's user; files of root's own
+    stay root's (nothing to change)."""
+    app, archive, _, _ = ab
+    for path in [app.db, app.env, app.uploads, *app.uploads.rglob("*")]:
+        os.chown(path, 4242, 4343, follow_symlinks=False)
+    app.run("restore", str(archive), "--yes")
+    restored = [app.db, app.env, app.uploads, *app.uploads.rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in restored} == {(4242, 4343)}
+    for path in [app.db, app.uploads, *app.uploads.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    app.run("restore", str(archive), "--yes")
+    assert {p.stat().st_uid for p in [app.db, *app.uploads.rglob("*")]} == {0}

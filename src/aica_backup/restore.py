@@ -191,7 +191,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
 
 def _work_dir(layout: Layout) -> Path:
     ensure_private_dir(layout.restore_dir)
-    spread_subfolders(layout.restore_dir)  # staging gets a block group of its own
+    spread_subfolders(layout.restore_dir)  # staging away from the live files' block group
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return layout.restore_dir / f"{stamp}-{os.getpid()}"
 
@@ -236,6 +236,9 @@ def _chown_like(staged_path: Path, live: Path) -> None:
         return
     ref = live if live.exists() else nearest_existing(live.parent)
     st = ref.stat()
+    top = staged_path.stat()
+    if (top.st_uid, top.st_gid) == (st.st_uid, st.st_gid):
+        return  # staged by this user into folders of the same group: every file is so owned
     os.chown(staged_path, st.st_uid, st.st_gid)
     if staged_path.is_dir():
         for folder, dirs, files in os.walk(staged_path):
