@@ -45,6 +45,27 @@ def _git(repo: Path) -> str:
     return f"{head or '?'}{' + uncommitted changes in src/' if status else ''}"
 
 
+def _filesystem(path: Path) -> str:
+    """The file system under ``path``: its type and, for ext4, whether it keeps a journal
+    (without one, creating files is slowed by recent deletions: see ``measure.retire``) and
+    whether it discards freed blocks at once (deleting is slower)."""
+    found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", str(path)],
+                           capture_output=True, text=True, check=False).stdout.split()
+    if len(found) < 3:
+        return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                              text=True, check=False).stdout.strip()
+    fstype, source, options = found[:3]
+    notes = [fstype]
+    device = os.path.basename(source)
+    if fstype == "ext4" and os.path.isdir(f"/proc/fs/ext4/{device}"):
+        journals = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+        has = any(name.startswith(device + "-") for name in journals)
+        notes.append("with a journal" if has else "without a journal")
+    if "discard" in options.split(","):
+        notes.append("mounted with discard")
+    return ", ".join(notes)
+
+
 def machine_info(data_dir: Path, aica: list[str], repo: Path) -> dict[str, Any]:
     cpu = "?"
     try:
@@ -60,8 +81,7 @@ def machine_info(data_dir: Path, aica: list[str], repo: Path) -> dict[str, Any]:
             mem = int(m.group(1)) * 1024 if m else 0
     except OSError:
         pass
-    fs = subprocess.run(["stat", "-f", "-c", "%T", str(data_dir)], capture_output=True,
-                        text=True, check=False).stdout.strip()
+    fs = _filesystem(data_dir)
     versions = {name: _version(cmd) for name, cmd in TOOL_VERSION_COMMANDS.items()}
     versions["aica-backup"] = _version([*aica, "--version"])
     versions["aica-backup checkout"] = _git(repo)
@@ -213,7 +233,7 @@ def render(results: dict[str, Any]) -> str:
         f"# aica-backup benchmark — {results['date']}",
         "",
         f"Machine: {m['cpu']}, {m['usable_cores']} cores, {m['ram_gib']} GiB RAM, Linux "
-        f"{m['kernel']}, {m['filesystem']} file system, Python {m['python']}.",
+        f"{m['kernel']}, file system {m['filesystem']}; Python {m['python']}.",
         f"Tools: aica-backup {v.get('aica-backup')} (checkout {v.get('aica-backup checkout')}), "
         f"python-isal {v.get('python-isal')}; "
         + ", ".join(f"{t} {v.get(t)}" for t in TOOL_VERSION_COMMANDS) + ".",
