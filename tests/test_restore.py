@@ -431,3 +431,23 @@ def test_restored_files_keep_the_owner_of_what_they_replace(
         os.chown(path, 0, 0, follow_symlinks=False)
     app.run("restore", str(archive), "--yes")
     assert {p.stat().st_uid for p in [app.db, *app.uploads.rglob("*")]} == {0}
+
+
+def test_a_leftover_the_cleanup_could_not_remove_is_reported(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parked old version is deleted after the commit; if that fails the restore stands,
+    and the result says which folder is left, instead of hundreds of MB going unseen."""
+    from aica_backup import journal
+    from aica_backup.layout import Layout
+    from aica_backup.restore import RestoreOptions, restore
+
+    app, archive, state_a, _ = ab
+    monkeypatch.setattr(journal, "discard_tree", lambda path: None)  # as if every unlink failed
+    result = restore(Layout(root=app.root), archive, RestoreOptions())
+    assert fingerprint(app) == state_a
+    [note] = [n for n in result.notes if "could not be removed" in n]
+    left = Path(note.split(" could not be removed")[0])
+    assert left.is_dir() and left.parent == app.root / ".aica-restore"
+    assert any((left / "old").rglob("*"))  # the replaced version, kept only by the failure

@@ -119,6 +119,8 @@ class Journal:
         """Remove the parked old versions, staging and the journal (after commit or rollback)."""
         for folder in self.cleanup:
             discard_tree(Path(folder))
+            if os.path.lexists(folder):  # say so rather than leave hundreds of MB unseen
+                self.notes.append(f"{folder} could not be removed; nothing uses it: delete it")
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         fsync_dir(self.path.parent)
