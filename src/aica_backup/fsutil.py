@@ -104,14 +104,6 @@ def same_filesystem(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file or folder tree if it exists (no error if it is already gone)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path)
-
-
 def _ioc(direction: int, number: int) -> int:
     """Linux's generic _IOR/_IOW('f', number, long) request code (x86, arm, riscv)."""
     return direction << 30 | struct.calcsize("l") << 16 | ord("f") << 8 | number
