@@ -1,8 +1,9 @@
-"""File-system helpers: writeback and tree removal leak no descriptor, lose no data, and
-follow no link; the placement hint is harmless where it is not understood."""
+"""File-system helpers: writeback, direct writes and tree removal leak no descriptor, lose no
+data, and follow no link; the placement hint is harmless where it is not understood."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from aica_backup import fsutil
-from aica_backup.fsutil import BackgroundWriteback, discard_tree, spread_subfolders, sync_to_disk
+from aica_backup.fsutil import (
+    BackgroundWriteback,
+    DirectWriter,
+    discard_tree,
+    spread_subfolders,
+    sync_to_disk,
+)
 
 
 def _open_fds() -> int:
@@ -31,6 +38,98 @@ def test_background_writeback_keeps_data_and_closes_its_descriptors(tmp_path: Pa
     sync_to_disk(tmp_path)
     assert _open_fds() == before
     assert all(path.read_bytes() == data for path, data in files.items())
+
+
+def _write_through(writer: DirectWriter, path: Path, data: bytes, piece: int) -> bool:
+    """Write ``data`` to a new file through ``writer`` in pieces; True if it went direct."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    sink = writer.sink(fd, len(data))
+    if sink is None:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return False
+    with sink:
+        for start in range(0, len(data), piece):
+            sink.write(memoryview(data)[start : start + piece])
+    return True
+
+
+# around the 4 KiB alignment and the 1 MiB buffers, written in pieces that straddle both
+_SIZES = [0, 1, 4095, 4096, 4097, 1 << 20, (1 << 20) + 1, (7 << 19) + 7]
+
+
+def test_direct_writer_writes_every_byte_and_closes_its_descriptors(tmp_path: Path) -> None:
+    before = _open_fds()
+    files = {tmp_path / f"f{i}": os.urandom(size) for i, size in enumerate(_SIZES)}
+    went_direct = []
+    with DirectWriter(min_size=0, buffers=2) as writer:
+        for n, (path, data) in enumerate(files.items()):
+            went_direct.append(_write_through(writer, path, data, (7000, 1_300_000)[n % 2]))
+    if not any(went_direct):
+        pytest.skip("the file system of tmp_path does no direct I/O")
+    assert all(went_direct)
+    assert _open_fds() == before
+    assert all(path.read_bytes() == data for path, data in files.items())
+
+
+def test_direct_writer_keeps_small_files_and_refusing_file_systems_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fcntl = fcntl.fcntl
+
+    def refuse_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    with DirectWriter(min_size=4096) as writer:
+        assert not _write_through(writer, tmp_path / "small", b"x" * 100, 10)
+        monkeypatch.setattr(fsutil.fcntl, "fcntl", refuse_direct)
+        assert not _write_through(writer, tmp_path / "refused", b"y" * 8192, 1000)
+        monkeypatch.setattr(fsutil.fcntl, "fcntl", real_fcntl)
+        assert not _write_through(writer, tmp_path / "after", b"z" * 8192, 1000)  # for the run
+    assert (tmp_path / "refused").read_bytes() == b"y" * 8192
+    assert (tmp_path / "after").read_bytes() == b"z" * 8192
+
+
+def test_direct_writer_goes_buffered_when_the_device_refuses_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+
+    def refuse_direct(fd: int, data: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(fsutil.os, "pwrite", refuse_direct)
+    data = os.urandom((3 << 20) + 5)
+    with DirectWriter(min_size=0) as writer:
+        if not _write_through(writer, tmp_path / "f", data, 500_000):
+            pytest.skip("the file system of tmp_path does no direct I/O")
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_direct_writer_raises_the_first_write_error(tmp_path: Path) -> None:
+    before = _open_fds()
+    (tmp_path / "f").write_bytes(b"")
+    writer = DirectWriter(min_size=0)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)  # every write fails: EBADF
+    sink = writer.sink(fd, 1 << 20)
+    if sink is None:
+        os.close(fd)
+        writer.close()
+        pytest.skip("the file system of tmp_path does no direct I/O")
+    with sink:
+        sink.write(bytes(1 << 20))
+    with pytest.raises(OSError) as raised:
+        writer.close()
+    assert raised.value.errno == errno.EBADF
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    with pytest.raises(OSError):
+        writer.sink(fd, 1 << 20)  # no new file once one has failed
+    os.close(fd)  # a sink that raised never took the descriptor
+    assert _open_fds() == before
 
 
 def test_discard_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -12,9 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aica_backup import fsutil
 from aica_backup.journal import CRASH_ENV
 from tests.support.app import SECRET, App, make_app
 
@@ -451,3 +455,48 @@ def test_a_leftover_the_cleanup_could_not_remove_is_reported(
     left = Path(note.split(" could not be removed")[0])
     assert left.is_dir() and left.parent == app.root / ".aica-restore"
     assert any((left / "old").rglob("*"))  # the replaced version, kept only by the failure
+
+
+def _add_large_uploads(app: App) -> None:
+    """Uploads big enough to be written around the page cache, at sizes off every boundary."""
+    for name, size in (("photos/a.jpg", 300_001), ("photos/b.webp", (5 << 19) + 3), ("c", 1 << 20)):
+        path = app.uploads / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+
+
+def test_large_uploads_come_back_byte_for_byte(app: App, tmp_path: Path) -> None:
+    _add_large_uploads(app)
+    app.run("backup")
+    state = fingerprint(app)
+    target = tmp_path / "restored"
+    app.run("restore", "--yes", "--target", str(target))
+    assert fingerprint(App(target)) == state
+
+
+def test_a_failed_direct_write_fails_the_restore_and_changes_nothing(
+    app: App, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = os.open(app.root / "probe", os.O_WRONLY | os.O_CREAT)
+    try:
+        fcntl.fcntl(probe, fcntl.F_SETFL, os.O_DIRECT)
+    except OSError:
+        pytest.skip("the file system under the test app does no direct I/O")
+    finally:
+        os.close(probe)
+        (app.root / "probe").unlink()
+    _add_large_uploads(app)
+    app.run("backup")
+    archive = app.archives()[-1]
+    make_state_b(app)
+    state_b = fingerprint(app)
+
+    def disk_full(fd: int, view: memoryview, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "_pwrite_all", disk_full)
+    code, _, err = cli(app, "restore", str(archive), "--yes")
+    assert code == 7, err
+    assert "disk is full" in err
+    assert fingerprint(app) == state_b
+    assert not (app.root / ".aica-restore").exists()

@@ -11,8 +11,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import io
 import itertools
+import mmap
 import os
+import queue
 import shutil
 import stat
 import struct
@@ -269,6 +272,178 @@ class BackgroundWriteback:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT wants offsets, lengths and buffers aligned to the device block
+DIRECT_BLOCK = 1 << 20
+
+
+class DirectWriter:
+    """Write large files around the page cache (``O_DIRECT``), from a thread of its own.
+
+    A restore writes every upload once and reads none of them back. Through the page cache
+    each of those pages is first allocated and copied into, then written out, and it evicts
+    what the app had cached. Where the host takes back memory its VM frees (free page
+    reporting), the copy into such pages measured 0.8-1.0 CPU seconds per 400 MB; written
+    directly, the same 400 MB took 0.01 CPU seconds and 0.2 s of disk time, spent in this
+    thread while the caller goes on hashing and unpacking. (Where the page cache has pages
+    at hand, the copy costs ~0.1 s and direct writes about as much.)
+
+    :meth:`sink` turns a file at least ``min_size`` long into a direct sink, or returns None
+    (keep writing it buffered): on a file system that refuses ``O_DIRECT`` once, for the
+    rest of the run. The first write error is raised by the next :meth:`sink` call or
+    buffer the caller asks for, and by :meth:`close`. Durability still comes from the
+    caller's final flush (:func:`sync_to_disk`): the file sizes and the disk's own cache.
+    """
+
+    def __init__(self, min_size: int = 256 << 10, buffers: int = 16) -> None:
+        self.min_size = min_size
+        self._enabled = True
+        self._error: BaseException | None = None
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._buffers = [mmap.mmap(-1, DIRECT_BLOCK) for _ in range(buffers)]  # page-aligned
+        for buf in self._buffers:
+            self._free.put(buf)
+        # one thread: each file's writes, then its close, in order
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="direct-write")
+
+    def sink(self, fd: int, size: int) -> IO[bytes] | None:
+        """A sink that writes ``fd`` directly and closes it; None (or an error raised) leaves
+        ``fd`` to the caller."""
+        self.raise_error()
+        if not self._enabled or size < self.min_size:
+            return None
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        except OSError:  # EINVAL: this file system does not do direct I/O
+            self._enabled = False
+            return None
+        return cast(IO[bytes], _DirectSink(self, fd))
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _take(self) -> mmap.mmap:
+        self.raise_error()
+        return self._free.get()
+
+    def _write(self, fd: int, buf: mmap.mmap, length: int, offset: int) -> None:
+        try:
+            if self._error is None:
+                _pwrite_all(fd, memoryview(buf)[:length], offset)
+        except BaseException as exc:  # kept for the caller's thread
+            self._keep(exc)
+        finally:
+            self._free.put(buf)
+
+    def _finish(self, fd: int, size: int) -> None:
+        try:
+            if self._error is None:
+                os.ftruncate(fd, size)  # the last block went out padded to alignment
+        except BaseException as exc:
+            self._keep(exc)
+        finally:
+            os.close(fd)
+
+    def _keep(self, exc: BaseException) -> None:
+        # without its traceback, whose frames hold views of a buffer (and would keep it open)
+        if self._error is None:
+            self._error = exc.with_traceback(None)
+
+    def close(self) -> None:
+        """Wait for every write; raise the first error."""
+        self._pool.shutdown(wait=True)
+        for buf in self._buffers:
+            buf.close()
+        self.raise_error()
+
+    def __enter__(self) -> DirectWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the caller's own error comes first
+            with contextlib.suppress(BaseException):
+                self.close()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                raise
+            # refused after all (an alignment this device does not take): go buffered
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            continue
+        if n == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view, offset = view[n:], offset + n
+
+
+class _DirectSink(io.RawIOBase):
+    """One file's writes for :class:`DirectWriter`: gathered into aligned buffers of
+    ``DIRECT_BLOCK`` bytes, each handed to the writer thread when full. The file descriptor
+    belongs to the writer from here on: it closes it after the last write."""
+
+    def __init__(self, owner: DirectWriter, fd: int) -> None:
+        super().__init__()
+        self._owner = owner
+        self._fd = fd
+        self._buf: mmap.mmap | None = None
+        self._pos = 0  # bytes used in _buf
+        self._offset = 0  # file offset of _buf
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        done, n = 0, len(view)
+        while done < n:
+            if self._buf is None:
+                self._buf = self._owner._take()
+            k = min(n - done, DIRECT_BLOCK - self._pos)
+            self._buf[self._pos : self._pos + k] = view[done : done + k]
+            self._pos += k
+            done += k
+            if self._pos == DIRECT_BLOCK:
+                self._submit(self._buf, DIRECT_BLOCK)
+        self._size += n
+        return n
+
+    def _submit(self, buf: mmap.mmap, length: int) -> None:
+        self._buf = None
+        try:
+            self._owner._pool.submit(self._owner._write, self._fd, buf, length, self._offset)
+        except BaseException:
+            self._owner._free.put(buf)
+            raise
+        self._offset += length
+        self._pos = 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        try:
+            if self._buf is not None:
+                padded = -(-self._pos // DIRECT_ALIGN) * DIRECT_ALIGN
+                self._buf[self._pos : padded] = bytes(padded - self._pos)
+                self._submit(self._buf, padded)
+        finally:
+            try:
+                self._owner._pool.submit(self._owner._finish, self._fd, self._size)
+            except BaseException:  # the writer is gone: nothing more reaches this file
+                os.close(self._fd)
+                raise
 
 
 _SYNC_FILE_RANGE_WRITE = 2

@@ -10,6 +10,8 @@ the archive is still streaming in.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -20,7 +22,14 @@ from typing import IO, Any
 from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
 from .archive.reader import Entry, scan_archive
 from .errors import ArchiveError
-from .fsutil import PRIVATE_DIR, PRIVATE_FILE, BackgroundWriteback, free_bytes, storage_error
+from .fsutil import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    BackgroundWriteback,
+    DirectWriter,
+    free_bytes,
+    storage_error,
+)
 from .layout import Component
 from .manifest import Manifest
 from .snapshot import CheckMode, integrity_of
@@ -91,9 +100,11 @@ def stage(
 
     ``write(entry, is_first_file)`` chooses which files are written (default: all); the others
     are only hashed. The first file of an archive is its database by construction, so its
-    check starts while the rest streams. ``writeback``: start writing each file to disk as
-    soon as it is complete (for staging that will be kept: :func:`sync_to_disk` then has
-    little left to wait for). ``dest`` must not exist; the caller removes it.
+    check starts while the rest streams. ``writeback``: for staging that will be kept, get
+    each file to disk as soon as it is complete, so :func:`sync_to_disk` has little left to
+    wait for: files from 256 KiB up (but the database, which is checked next) are written
+    around the page cache by a :class:`DirectWriter`, the rest start their writeback when
+    closed. ``dest`` must not exist; the caller removes it.
 
     ``checked_sha256``: the SHA-256 of a database that already passed ``integrity_check``
     (recorded by verify). ``integrity_check`` is a function of the file's bytes: when the
@@ -126,6 +137,14 @@ def stage(
             )
         except FileExistsError:
             raise ArchiveError(f"member {entry.path!r} conflicts", member=entry.path) from None
+        if direct is not None and not is_first:  # the database stays cached: it is read next
+            try:
+                sink = direct.sink(fd, entry.size)
+            except BaseException:
+                os.close(fd)
+                raise
+            if sink is not None:
+                return sink
         return os.fdopen(fd, "wb", buffering=0)
 
     def on_dir(entry: Entry) -> None:
@@ -134,13 +153,14 @@ def stage(
 
     how = _CHECK_NAMES[check]
     checks: dict[str, tuple[concurrent.futures.Future[str], str]] = {}  # path -> (result, how)
+    direct: DirectWriter | None = None
     with (
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-check") as pool,
         BackgroundWriteback() as flusher,
     ):
 
         def before_close(entry: Entry, sink: IO[bytes]) -> None:
-            if writeback:
+            if writeback and isinstance(sink, io.FileIO):  # direct sinks are written already
                 flusher.file_done(sink.fileno(), entry.size)
 
         def on_file_done(entry: Entry, sha256: str) -> None:
@@ -152,7 +172,10 @@ def stage(
                     checks[entry.path] = (pool.submit(integrity_of, dest / entry.path, check), how)
 
         try:
-            with open_tar_stream(archive, identities) as stream:
+            with contextlib.ExitStack() as stack:
+                if writeback:
+                    direct = stack.enter_context(DirectWriter())
+                stream = stack.enter_context(open_tar_stream(archive, identities))
                 scan = scan_archive(
                     stream,
                     limits=Limits(max_bytes=limit),
