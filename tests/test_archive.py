@@ -883,3 +883,53 @@ def test_writer_pads_a_file_that_shrank_and_says_so(
     assert _tar_members(out.getvalue())["f.bin"] == padded
     assert writer.members[0].sha256 == hashlib.sha256(padded).hexdigest()
     assert writer.warnings == ["f.bin: shrank while being read; archived padded with zeros"]
+
+
+def _age_access_time(path: Path) -> int:
+    """Set ``path``'s access time two days back (relatime then updates it on a read)."""
+    st = path.stat()
+    old = st.st_atime_ns - 2 * 86400 * 10**9
+    os.utime(path, ns=(old, st.st_mtime_ns))
+    return old
+
+
+def test_backup_leaves_access_times_alone(tmp_path: Path) -> None:
+    import aica_backup.archive.writer as writer_module
+
+    (tmp_path / "f.bin").write_bytes(b"photo" * 1000)
+    old = _age_access_time(tmp_path / "f.bin")
+    writer = writer_module.ArchiveWriter(io.BytesIO())
+    assert writer.add_file("f.bin", tmp_path / "f.bin", Component.UPLOADS)
+    writer.close()
+    if not writer._noatime:
+        pytest.skip("O_NOATIME refused here (files of another user, or not Linux)")
+    assert (tmp_path / "f.bin").stat().st_atime_ns == old
+
+
+def test_files_of_another_user_are_read_without_o_noatime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux refuses O_NOATIME (EPERM) on a file owned by someone else: read it as before."""
+    import errno
+
+    import aica_backup.archive.writer as writer_module
+
+    real_open = os.open
+    tried = []
+
+    def not_the_owner(path: Any, flags: int, *args: Any) -> int:
+        tried.append(flags)
+        if flags & getattr(os, "O_NOATIME", 0):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(writer_module.os, "open", not_the_owner)
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / name).write_bytes(name.encode() * 100)
+    out = io.BytesIO()
+    writer = writer_module.ArchiveWriter(out)
+    assert writer.add_file("a.bin", tmp_path / "a.bin", Component.UPLOADS)
+    assert writer.add_file("b.bin", tmp_path / "b.bin", Component.UPLOADS)
+    writer.close()
+    assert _tar_members(out.getvalue()) == {"a.bin": b"a.bin" * 100, "b.bin": b"b.bin" * 100}
+    assert len(tried) == (3 if getattr(os, "O_NOATIME", 0) else 2)  # tried once, not per file

@@ -135,6 +135,13 @@ class ArchiveWriter:
         self._progress = progress
         self.members: list[Member] = []
         self.warnings: list[str] = []
+        # O_NONBLOCK: opening a FIFO found among the uploads blocked the whole backup (and its
+        # lock) until some process wrote to it; for regular files it changes nothing.
+        # O_NOATIME (Linux; only for files this user owns, or as root): reading a file whose
+        # access time is a day old updates it even under relatime, so a daily backup of
+        # 100,000 uploads left 25-31 MB of inode tables to write back (0.1 MB without).
+        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        self._noatime = getattr(os, "O_NOATIME", 0)
 
     # -- the tar stream --------------------------------------------------------------------
 
@@ -237,9 +244,7 @@ class ArchiveWriter:
         ``mode`` overrides the file's own permission bits (the snapshot takes the live file's).
         """
         try:
-            # O_NONBLOCK: opening a FIFO found among the uploads blocked the whole backup (and
-            # its lock) until some process wrote to it; for regular files it changes nothing.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = self._open(path)
         except FileNotFoundError:
             self.warnings.append(f"{arcname}: vanished during backup, not archived")
             return False
@@ -275,6 +280,16 @@ class ArchiveWriter:
             self.warnings.append(f"{arcname}: shrank while being read; archived padded with zeros")
         self.members.append(Member(arcname, "file", size, mode, st.st_mtime, sha256, component))
         return True
+
+    def _open(self, path: os.PathLike[str] | str) -> int:
+        if self._noatime:
+            try:
+                return os.open(path, self._open_flags | self._noatime)
+            except PermissionError as exc:
+                if exc.errno != errno.EPERM:  # EACCES: unreadable whatever the flags
+                    raise
+                self._noatime = 0  # files of another user: read them as before from now on
+        return os.open(path, self._open_flags)
 
     def add_bytes(self, arcname: str, data: bytes | list[bytes], mode: int, mtime: float) -> None:
         """Add an in-memory member (the manifest), given whole or in pieces; not in ``members``."""
