@@ -8,6 +8,7 @@ import fcntl
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,30 +85,84 @@ def test_direct_writer_keeps_small_files_and_refusing_file_systems_buffered(
 
     with DirectWriter(min_size=4096) as writer:
         assert not _write_through(writer, tmp_path / "small", b"x" * 100, 10)
+        if _write_through(writer, tmp_path / "probe", b"p" * 8192, 8192) is False:
+            pytest.skip("the file system of tmp_path does no direct I/O")
         monkeypatch.setattr(fsutil.fcntl, "fcntl", refuse_direct)
         assert not _write_through(writer, tmp_path / "refused", b"y" * 8192, 1000)
         monkeypatch.setattr(fsutil.fcntl, "fcntl", real_fcntl)
         assert not _write_through(writer, tmp_path / "after", b"z" * 8192, 1000)  # for the run
+    assert (tmp_path / "small").read_bytes() == b"x" * 100
     assert (tmp_path / "refused").read_bytes() == b"y" * 8192
     assert (tmp_path / "after").read_bytes() == b"z" * 8192
 
 
-def test_direct_writer_goes_buffered_when_the_device_refuses_a_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+Pwrite = Callable[[int, memoryview, int], int]
+
+
+def _refusing_direct_after(accepted: int) -> Callable[[Pwrite], Pwrite]:
+    """A device that takes ``accepted`` direct writes, then refuses them (EINVAL)."""
+
+    def device(real_pwrite: Pwrite) -> Pwrite:
+        calls: list[int] = []
+
+        def pwrite(fd: int, data: memoryview, offset: int) -> int:
+            calls.append(offset)
+            if len(calls) > accepted and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data, offset)
+
+        return pwrite
+
+    return device
+
+
+def _writing_short(real_pwrite: Pwrite) -> Pwrite:
+    """pwrite may write less than asked: the rest follows (buffered, once unaligned)."""
+    return lambda fd, data, offset: real_pwrite(fd, data[: max(1, len(data) // 3)], offset)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [*(_refusing_direct_after(n) for n in range(3)), _writing_short],
+    ids=["refused-at-once", "refused-after-one", "refused-after-two", "short-writes"],
+)
+def test_direct_writer_survives_a_device_that_refuses_or_writes_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: Callable[[Pwrite], Pwrite]
 ) -> None:
-    real_pwrite = os.pwrite
-
-    def refuse_direct(fd: int, data: memoryview, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(fsutil.os, "pwrite", refuse_direct)
+    monkeypatch.setattr(fsutil.os, "pwrite", device(os.pwrite))
     data = os.urandom((3 << 20) + 5)
     with DirectWriter(min_size=0) as writer:
         if not _write_through(writer, tmp_path / "f", data, 500_000):
             pytest.skip("the file system of tmp_path does no direct I/O")
     assert (tmp_path / "f").read_bytes() == data
+
+
+def test_direct_writer_reports_an_error_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS and FUSE report some failed writes only when the file is closed."""
+    real_close = os.close
+    failed = []
+
+    def close_fails(fd: int) -> None:
+        real_close(fd)
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+
+    before = _open_fds()
+    writer = DirectWriter(min_size=0)
+    if not _write_through(writer, tmp_path / "probe", b"p" * 8192, 8192):
+        writer.close()
+        pytest.skip("the file system of tmp_path does no direct I/O")
+    writer.close()
+    writer = DirectWriter(min_size=0)
+    monkeypatch.setattr(fsutil.os, "close", close_fails)
+    _write_through(writer, tmp_path / "f", b"x" * 10_000, 10_000)
+    with pytest.raises(OSError) as raised:
+        writer.close()
+    assert raised.value.errno == errno.EIO
+    assert _open_fds() == before
 
 
 def test_direct_writer_raises_the_first_write_error(tmp_path: Path) -> None:

@@ -465,7 +465,19 @@ def _add_large_uploads(app: App) -> None:
         path.write_bytes(os.urandom(size))
 
 
+def _skip_without_direct_io(app: App) -> None:
+    probe = os.open(app.root / "probe", os.O_WRONLY | os.O_CREAT)
+    try:
+        fcntl.fcntl(probe, fcntl.F_SETFL, os.O_DIRECT)
+    except OSError:
+        pytest.skip("the file system under the test app does no direct I/O")
+    finally:
+        os.close(probe)
+        (app.root / "probe").unlink()
+
+
 def test_large_uploads_come_back_byte_for_byte(app: App, tmp_path: Path) -> None:
+    _skip_without_direct_io(app)
     _add_large_uploads(app)
     app.run("backup")
     state = fingerprint(app)
@@ -477,14 +489,7 @@ def test_large_uploads_come_back_byte_for_byte(app: App, tmp_path: Path) -> None
 def test_a_failed_direct_write_fails_the_restore_and_changes_nothing(
     app: App, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    probe = os.open(app.root / "probe", os.O_WRONLY | os.O_CREAT)
-    try:
-        fcntl.fcntl(probe, fcntl.F_SETFL, os.O_DIRECT)
-    except OSError:
-        pytest.skip("the file system under the test app does no direct I/O")
-    finally:
-        os.close(probe)
-        (app.root / "probe").unlink()
+    _skip_without_direct_io(app)
     _add_large_uploads(app)
     app.run("backup")
     archive = app.archives()[-1]

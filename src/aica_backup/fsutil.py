@@ -343,19 +343,24 @@ class DirectWriter:
                 os.ftruncate(fd, size)  # the last block went out padded to alignment
         except BaseException as exc:
             self._keep(exc)
-        finally:
-            os.close(fd)
+        try:
+            os.close(fd)  # where some file systems (NFS, FUSE) report a failed write
+        except BaseException as exc:
+            self._keep(exc)
 
     def _keep(self, exc: BaseException) -> None:
-        # without its traceback, whose frames hold views of a buffer (and would keep it open)
+        # without its traceback and context, whose frames hold views of a buffer (and would
+        # keep it from closing)
         if self._error is None:
+            exc.__context__ = None
             self._error = exc.with_traceback(None)
 
     def close(self) -> None:
         """Wait for every write; raise the first error."""
         self._pool.shutdown(wait=True)
         for buf in self._buffers:
-            buf.close()
+            with contextlib.suppress(BufferError):  # the error below matters, not this
+                buf.close()
         self.raise_error()
 
     def __enter__(self) -> DirectWriter:
@@ -365,7 +370,7 @@ class DirectWriter:
         if exc_type is None:
             self.close()
         else:  # the caller's own error comes first
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 self.close()
 
 
@@ -423,7 +428,7 @@ class _DirectSink(io.RawIOBase):
         self._buf = None
         try:
             self._owner._pool.submit(self._owner._write, self._fd, buf, length, self._offset)
-        except BaseException:
+        except RuntimeError:  # the writer is shut down: the buffer never left this thread
             self._owner._free.put(buf)
             raise
         self._offset += length
@@ -441,7 +446,7 @@ class _DirectSink(io.RawIOBase):
         finally:
             try:
                 self._owner._pool.submit(self._owner._finish, self._fd, self._size)
-            except BaseException:  # the writer is gone: nothing more reaches this file
+            except RuntimeError:  # the writer is shut down: nothing more reaches this file
                 os.close(self._fd)
                 raise
 
