@@ -1,10 +1,14 @@
-"""Health checks around stop/start: every way a URL can fail is a plain failure."""
+"""Health checks around stop/start: every way a URL can fail is a plain failure, and a stop
+waits until the app's own server has let go of its port."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +56,43 @@ def test_broken_http_is_not_answering(broken_http: str) -> None:
     assert appctl._answers(broken_http) is False
     with pytest.raises(BusyError, match="health check"):
         appctl.wait_healthy(broken_http, timeout=0.3)
+
+
+# A server that, asked to stop, takes a second to let go of its port (uvicorn finishing its
+# requests), and whose health URL answers 404 (a misconfigured one, or the rollback case).
+_SLOW_TO_STOP = """
+import signal, socket, sys, time
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+print(server.getsockname()[1], flush=True)
+def stop(*_):
+    time.sleep(1.0)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    conn, _ = server.accept()
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n")
+    conn.close()
+"""
+
+
+def test_stop_waits_for_the_apps_own_server_to_let_go_of_its_port(tmp_path: Path) -> None:
+    """Otherwise the start command that follows finds the port taken, and the app stays down."""
+    app = tmp_path / "app"
+    (app / "backend").mkdir(parents=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_TO_STOP], cwd=app / "backend", stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}/no-such-endpoint"
+        assert [p.pid for p in appctl._servers(url, app)] == [server.pid]
+        assert appctl._servers(url, tmp_path / "elsewhere") == []  # a proxy in front stays up
+        db = app / "backend" / "aica_sys.db"
+        appctl.stop_app(f"kill {server.pid}", db, url, timeout=10, root=app)
+        assert server.poll() is not None  # gone, port and all, when stop_app returned
+    finally:
+        server.kill()
+        server.wait()

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,15 +74,20 @@ def run_command(command: str, what: str, timeout: float = 120) -> None:
         raise BusyError(f"{what} command failed with exit code {proc.returncode}{last}")
 
 
-def stop_app(command: str, db: Path, health_url: str = "", timeout: float = 30) -> None:
+def stop_app(
+    command: str, db: Path, health_url: str = "", timeout: float = 30, root: Path | None = None
+) -> None:
     """Run the stop command and wait until no process holds the database.
 
     Once the files are free it also waits (within the same timeout) for the processes that
-    held them to exit and for ``health_url`` to stop answering: a server that closed the
-    database but is still shutting down keeps its port, and the start command that follows
-    would fail to bind it.
+    held them, and the app's own server on the health URL's port, to exit, and for
+    ``health_url`` to stop answering: a server that closed the database but is still
+    shutting down keeps its port, and the start command that follows would fail to bind it.
+    (The reference backend opens the database per request, so between requests it holds
+    nothing; and a health URL that answers 404 looks stopped already.)
     """
     before = [p for h in find_holders(database_files(db)) if (p := _process(h.pid))]
+    before += [p for p in _servers(health_url, root) if p.pid not in {b.pid for b in before}]
     run_command(command, "stop")
     deadline = time.monotonic() + timeout
     while True:
@@ -96,6 +102,33 @@ def stop_app(command: str, db: Path, health_url: str = "", timeout: float = 30) 
                 f"after the stop command the database is still held by {describe(holders)}"
             )
         time.sleep(0.2)
+
+
+def _servers(health_url: str, root: Path | None) -> list[psutil.Process]:
+    """Processes listening on ``health_url``'s local port that run inside ``root`` (the app's
+    own server; a proxy in front of it runs elsewhere and stays up)."""
+    if not health_url or root is None:
+        return []
+    try:
+        url = urllib.parse.urlsplit(health_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        connections = psutil.net_connections(kind="tcp")
+    except (ValueError, psutil.Error):
+        return []
+    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return []
+    found = []
+    top = root.resolve()
+    for c in connections:
+        if c.status != psutil.CONN_LISTEN or not c.laddr or c.laddr.port != port or not c.pid:
+            continue
+        try:
+            process = psutil.Process(c.pid)
+            if Path(process.cwd()).resolve().is_relative_to(top):
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def _process(pid: int) -> psutil.Process | None:

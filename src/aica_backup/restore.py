@@ -338,7 +338,9 @@ def restore(
     stopped = False
     try:
         if options.stop_command:
-            appctl.stop_app(options.stop_command, layout.database_path, options.health_url)
+            appctl.stop_app(
+                options.stop_command, layout.database_path, options.health_url, root=layout.root
+            )
             stopped = True
         appctl.refuse_if_held(layout.database_path)
         t0 = time.perf_counter()
@@ -436,7 +438,9 @@ def _roll_back(journal: Journal, layout: Layout, options: RestoreOptions, stoppe
     if stopped and options.stop_command:
         # It may not have started at all; the rollback must go on regardless.
         with contextlib.suppress(AicaBackupError):
-            appctl.stop_app(options.stop_command, layout.database_path, options.health_url)
+            appctl.stop_app(
+                options.stop_command, layout.database_path, options.health_url, root=layout.root
+            )
     journal.rollback()
     journal.finish()
     if stopped:
