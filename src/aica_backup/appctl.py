@@ -87,7 +87,8 @@ def stop_app(
     nothing; and a health URL that answers 404 looks stopped already.)
     """
     before = [p for h in find_holders(database_files(db)) if (p := _process(h.pid))]
-    before += [p for p in _servers(health_url, root) if p.pid not in {b.pid for b in before}]
+    held = {p.pid for p in before}
+    before += [p for p in _servers(health_url, root) if p.pid not in held]
     run_command(command, "stop")
     deadline = time.monotonic() + timeout
     while True:

@@ -36,6 +36,9 @@ _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(_BLOCK)
 _MAX7, _MAX11 = 8**7, 8**11  # the largest numbers 8- and 12-byte octal fields hold
+# O_NONBLOCK: opening a FIFO found among the uploads blocked the whole backup (and its lock)
+# until some process wrote to it; for regular files it changes nothing.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @cache
@@ -135,12 +138,9 @@ class ArchiveWriter:
         self._progress = progress
         self.members: list[Member] = []
         self.warnings: list[str] = []
-        # O_NONBLOCK: opening a FIFO found among the uploads blocked the whole backup (and its
-        # lock) until some process wrote to it; for regular files it changes nothing.
         # O_NOATIME (Linux; only for files this user owns, or as root): reading a file whose
         # access time is a day old updates it even under relatime, so a daily backup of
         # 100,000 uploads left 25-31 MB of inode tables to write back (0.1 MB without).
-        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         self._noatime = getattr(os, "O_NOATIME", 0)
 
     # -- the tar stream --------------------------------------------------------------------
@@ -284,12 +284,12 @@ class ArchiveWriter:
     def _open(self, path: os.PathLike[str] | str) -> int:
         if self._noatime:
             try:
-                return os.open(path, self._open_flags | self._noatime)
+                return os.open(path, _OPEN_FLAGS | self._noatime)
             except PermissionError as exc:
                 if exc.errno != errno.EPERM:  # EACCES: unreadable whatever the flags
                     raise
                 self._noatime = 0  # files of another user: read them as before from now on
-        return os.open(path, self._open_flags)
+        return os.open(path, _OPEN_FLAGS)
 
     def add_bytes(self, arcname: str, data: bytes | list[bytes], mode: int, mtime: float) -> None:
         """Add an in-memory member (the manifest), given whole or in pieces; not in ``members``."""
