@@ -50,6 +50,7 @@ def run_on_terminal(
         os.execve("/bin/bash", ["bash", "-e", str(path)], env)  # noqa: S606 - fixed program
     seen = b""
     answered = 0
+    status: int | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.5)
@@ -68,14 +69,18 @@ def run_on_terminal(
                     os.write(fd, answer)
                     answered += at + len(prompt)
                     pending = seen[answered:]
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done and not select.select([fd], [], [], 0.2)[0]:
+        if status is None:  # reap once: a second waitpid on a reaped child raises ECHILD
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            status = wait_status if done else None
+        if status is not None and not select.select([fd], [], [], 0.2)[0]:
             break
     else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         raise AssertionError(f"timed out:\n{seen.decode(errors='replace')}")
-    _, status = os.waitpid(pid, 0) if not done else (pid, status)
+    if status is None:  # the terminal closed before the child was reaped
+        _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
