@@ -120,6 +120,27 @@ def test_small_files_variant_keeps_the_bytes(tmp_path: Path, generate: ModuleTyp
         generate.generate(tmp_path / "s", SCALE, seed=2, quiet=True)
 
 
+def test_files_test_backs_up_the_same_database_in_both_trees(
+    tmp_path: Path, generate: ModuleType
+) -> None:
+    run = _load("run")
+    many = tmp_path / "many"
+    few = tmp_path / "few"
+    generate.generate(many, SCALE, seed=1, db_scale=0.001, small_files=300, quiet=True)
+    generate.generate(few, SCALE, seed=1, db_scale=0.001, small_files=30, quiet=True)
+    db = generate.DB_REL
+    assert _counts(few / db)["uploads"] == 30  # each tree's own rows: not the same bytes
+    stale = few / (db + "-wal")
+    stale.write_bytes(b"left by an earlier run")
+    size = run.share_database(many, few)
+    assert (few / db).read_bytes() == (many / db).read_bytes()
+    assert size == (many / db).stat().st_size
+    assert not stale.exists()  # never replayed into the copied database
+    assert _counts(few / db)["uploads"] == 300
+    assert _tree(few / "public/uploads") != _tree(many / "public/uploads")
+    assert run.share_database(many, few) == size  # already equal: nothing to do
+
+
 def test_report_helpers_read_aica_json() -> None:
     pipelines = _load("pipelines")
     loadtest = _load("loadtest")
