@@ -802,6 +802,17 @@ _OWNER = st.one_of(st.text(alphabet="abcdefgh_-0123456789", max_size=40), st.tex
     uname=_OWNER,
     gname=_OWNER,
 )
+@example(  # the largest byte sum of name and numbers the checksum's Adler-32 shortcut sees
+    name="\x7f" * 100,
+    is_dir=False,
+    mode=0o7777,
+    uid=8**7 - 1,
+    gid=8**7 - 1,
+    size=8**11 - 1,
+    mtime=8**11 - 1,
+    uname="h" * 32,
+    gname="h" * 32,
+)
 @settings(max_examples=400)
 def test_fast_ustar_header_is_what_tarfile_writes(
     name: str,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from functools import cache
 from stat import S_ISREG
 from typing import IO
+from zlib import adler32
 
 from ..layout import Component
 from ..manifest import Member
@@ -55,10 +56,11 @@ def _names(uid: int, gid: int) -> tuple[str, str]:
     return uname, gname
 
 
+_Fixed = tuple[bytes, bytes, int]
+
+
 @cache
-def _fixed(
-    kind: bytes, mode: int, uid: int, gid: int, uname: str, gname: str
-) -> tuple[bytes, bytes, int] | None:
+def _fixed(kind: bytes, mode: int, uid: int, gid: int, uname: str, gname: str) -> _Fixed | None:
     """The header fields that members share: bytes 100-124 (mode, uid, gid), bytes 156-512
     (type, empty link name, magic, owner names, zeros), and the sum of both with the
     checksum field counted as eight spaces. None when any of them needs a pax record."""
@@ -95,11 +97,16 @@ def ustar_header(
 
     Only for what needs no pax record: ASCII names that fit the 100-byte field, numbers that
     fit their octal fields, a file or a folder. Anything else returns None (use tarfile).
-    Per member only the name, size and mtime are formatted and summed; the rest comes cached.
     The tests check it byte for byte against tarfile.
     """
     fixed = _fixed(kind, mode, uid, gid, uname, gname)
-    if fixed is None or not (0 <= size < _MAX11 and 0 <= mtime < _MAX11):
+    return None if fixed is None else _ustar(fixed, name, kind, size, mtime)
+
+
+def _ustar(fixed: _Fixed, name: str, kind: bytes, size: int, mtime: int) -> bytes | None:
+    """``ustar_header`` given the shared fields: only the name, size and mtime are formatted
+    and summed per member."""
+    if not (0 <= size < _MAX11 and 0 <= mtime < _MAX11):
         return None
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
@@ -108,7 +115,9 @@ def ustar_header(
     owner, tail, fixed_sum = fixed
     raw = name.encode("ascii")
     times = b"%011o\0%011o\0" % (size, mtime)
-    checksum = b"%06o\0 " % (sum(raw) + sum(times) + fixed_sum)
+    # The byte sum of name and numbers: Adler-32's low half is 1 + that sum modulo 65521, and
+    # 100 ASCII bytes and 24 digits sum to at most 14,020, so it never wraps (4× sum()).
+    checksum = b"%06o\0 " % ((adler32(times, adler32(raw)) & 0xFFFF) - 1 + fixed_sum)
     return b"".join((raw, bytes(100 - len(raw)), owner, times, checksum, tail))
 
 
@@ -142,6 +151,8 @@ class ArchiveWriter:
         # access time is a day old updates it even under relatime, so a daily backup of
         # 100,000 uploads left 25-31 MB of inode tables to write back (0.1 MB without).
         self._noatime = getattr(os, "O_NOATIME", 0)
+        self._owner: tuple[bytes, int, int, int] | None = None  # the last header's shared fields
+        self._fixed: _Fixed | None = None
 
     # -- the tar stream --------------------------------------------------------------------
 
@@ -176,10 +187,14 @@ class ArchiveWriter:
     def _header(
         self, name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int
     ) -> bytes:
+        owner = (kind, mode, uid, gid)
+        if owner != self._owner:  # members mostly share all four: skip two cache lookups
+            self._owner, self._fixed = owner, _fixed(kind, mode, uid, gid, *_names(uid, gid))
+        if self._fixed is not None:
+            fast = _ustar(self._fixed, name, kind, size, mtime)
+            if fast is not None:
+                return fast
         uname, gname = _names(uid, gid)
-        fast = ustar_header(name, kind, mode, uid, gid, size, mtime, uname, gname)
-        if fast is not None:
-            return fast
         # non-ASCII or long names, huge numbers: tarfile adds pax records
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
