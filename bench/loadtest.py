@@ -6,7 +6,9 @@ uvicorn main:app``) on 127.0.0.1. A steady, bounded stream of ``POST /api/notes`
 (``--load-rate`` per second, open loop: each request has a scheduled start) runs the whole
 time; windows without a backup alternate with windows during ``aica-backup backup``. Latency
 is measured from a request's *scheduled* start to its response, so a stalled server is not
-hidden by the client waiting (no coordinated omission).
+hidden by the client waiting (no coordinated omission). A control window as long as the backup,
+with a busy loop at the lowest CPU priority on every core, shows what any work beside the app
+costs it on the machine at hand.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import http.client
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -160,6 +163,25 @@ def prepare_app(src_app: Path, repo: Path, dest: Path, env: dict[str, str]) -> s
     return None
 
 
+BUSY = """
+import os, sys, time
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+"""
+
+
+def busy_loop(seconds: float) -> None:
+    """Keep every core busy for ``seconds`` at the lowest CPU priority (SCHED_IDLE, which the
+    backup also takes): a control window. On the 2-vCPU VM of the README even one such loop
+    doubled the app's write p99, so this is the floor for any work running beside the app."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY, str(seconds)])
+             for _ in range(os.cpu_count() or 1)]
+    for proc in procs:
+        proc.wait()
+
+
 def measure_load(
     app: Path,
     aica: list[str],
@@ -173,6 +195,7 @@ def measure_load(
     """Alternate idle windows and backup windows under a steady write load."""
     idle: list[Request] = []
     busy: list[Request] = []
+    control: list[Request] = []  # beside busy_loop: what any work costs the app on this machine
     per_round: list[dict[str, Any]] = []
     backups: list[Sample] = []
     with backend(app, env, log) as port:
@@ -192,12 +215,19 @@ def measure_load(
                 c = time.perf_counter()
                 backups.append(sample)
                 time.sleep(0.5)
+                d = time.perf_counter()
+                busy_loop(sample.wall)
+                e = time.perf_counter()
+                time.sleep(0.5)
                 w_idle, w_busy = client.between(a, b), client.between(b, c)
+                w_control = client.between(d, e)
                 idle += w_idle
                 busy += w_busy
+                control += w_control
                 per_round.append({
                     "idle_p99": percentile([r.latency for r in w_idle], 99),
                     "backup_p99": percentile([r.latency for r in w_busy], 99),
+                    "control_p99": percentile([r.latency for r in w_control], 99),
                     "backup_seconds": sample.wall,
                 })
         finally:
@@ -214,10 +244,12 @@ def measure_load(
         "rate": rate,
         "idle": stats(idle),
         "backup": stats(busy),
+        "control": stats(control),
         "rounds": per_round,
         "backup_wall": median([s.wall for s in backups]),
         "errors": client.errors,
     }
     result["p99_ratio"] = result["backup"]["p99"] / result["idle"]["p99"]
     result["p50_ratio"] = result["backup"]["p50"] / result["idle"]["p50"]
+    result["control_p99_ratio"] = result["control"]["p99"] / result["idle"]["p99"]
     return result

@@ -133,6 +133,20 @@ def settle() -> None:
     time.sleep(0.2)
 
 
+def warm(root: Path) -> int:
+    """Read every file under ``root`` once, untimed, so the page cache is warm as the report
+    says it is; return the bytes read. (A files-test tree generated in an earlier session was
+    cold in the first round: 3.3 s instead of 2.0 s.)"""
+    total = 0
+    buf = bytearray(1 << 20)
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    total += n
+    return total
+
+
 def retire(path: Path, graveyard: Path) -> None:
     """Put a finished tree out of the way: free its space now, unlink its files at the end.
 

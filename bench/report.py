@@ -211,6 +211,14 @@ def extras(results: dict[str, Any]) -> list[str]:
             f"{e['backup']['failed']} failed): p99 ratio {e['p99_ratio']:.2f}×. Backup under load "
             f"{e['backup_wall']:.2f} s."
         )
+        if "control" in e:
+            out.append(
+                f"- control for the load test: beside a busy loop at the lowest CPU priority "
+                f"(SCHED_IDLE, as the backup runs) on every core, as long as each backup, p99 "
+                f"{e['control']['p99'] * 1000:.1f} ms ({e['control_p99_ratio']:.2f}× the idle "
+                f"p99; {e['control']['requests']} requests): what any work beside the app costs "
+                f"it on this machine."
+            )
     return out
 
 

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -139,6 +140,17 @@ def test_files_test_backs_up_the_same_database_in_both_trees(
     assert _counts(few / db)["uploads"] == 300
     assert _tree(few / "public/uploads") != _tree(many / "public/uploads")
     assert run.share_database(many, few) == size  # already equal: nothing to do
+
+
+def test_warm_reads_every_file_and_the_load_control_ends_on_time(tmp_path: Path) -> None:
+    measure, loadtest = _load("measure"), _load("loadtest")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "big").write_bytes(os.urandom(3 << 20))
+    (tmp_path / "a" / "small").write_bytes(b"x" * 10)
+    assert measure.warm(tmp_path) == (3 << 20) + 10
+    started = time.perf_counter()
+    loadtest.busy_loop(0.3)  # one SCHED_IDLE process per core, each until its deadline
+    assert 0.3 <= time.perf_counter() - started < 10
 
 
 def test_report_helpers_read_aica_json() -> None:
