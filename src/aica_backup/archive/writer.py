@@ -3,8 +3,10 @@
 The tar stream is assembled in one reusable buffer: file data is read straight into it
 (``readinto``), hashed there, and handed to the compressor a full buffer at a time, so each
 byte is copied once on its way from the page cache to the compressor and memory stays bounded
-by the buffer whatever the data size or member count. Headers come from :mod:`tarfile`
-(``TarInfo.tobuf``), so the output is the standard pax format plain ``tar`` reads. Header
+by the buffer whatever the data size or member count. Headers are what :mod:`tarfile`'s
+``TarInfo.tobuf`` writes, so the output is the standard pax format plain ``tar`` reads: plain
+members' headers are built here (``ustar_header``, checked byte for byte against tarfile by the
+tests), and anything that needs a pax record comes from tarfile itself. Header
 mtimes are whole seconds (a fractional one costs an extra pax record per member); the exact
 mtimes are in the manifest, and restore applies those.
 
