@@ -13,6 +13,7 @@ costs it on the machine at hand.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -164,8 +165,7 @@ def prepare_app(src_app: Path, repo: Path, dest: Path, env: dict[str, str]) -> s
 
 
 BUSY = """
-import os, sys, time
-os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+import sys, time
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
     pass
@@ -173,13 +173,23 @@ while time.monotonic() < end:
 
 
 def busy_loop(seconds: float) -> None:
-    """Keep every core busy for ``seconds`` at the lowest CPU priority (SCHED_IDLE, which the
-    backup also takes): a control window. On the 2-vCPU VM of the README even one such loop
-    doubled the app's write p99, so this is the floor for any work running beside the app."""
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY, str(seconds)])
-             for _ in range(os.cpu_count() or 1)]
-    for proc in procs:
-        proc.wait()
+    """Keep every core this process may use busy for ``seconds`` at the lowest CPU priority
+    (SCHED_IDLE, which the backup also takes): a control window. The loops are started from a
+    thread that is in that class already (Linux schedules threads, and a child inherits its
+    parent thread's class), so not even their interpreter's start-up runs at normal priority.
+    On the 2-vCPU VM of the README even one such loop doubled the app's write p99: this is the
+    floor for any work running beside the app."""
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+        argv = [sys.executable, "-c", BUSY, str(seconds)]
+        return [subprocess.Popen(argv) for _ in os.sched_getaffinity(0)]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        procs = pool.submit(start).result()
+    failed = sum(proc.wait() != 0 for proc in procs)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(procs)} busy loops failed")
 
 
 def measure_load(

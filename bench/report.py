@@ -187,11 +187,13 @@ def extras(results: dict[str, Any]) -> list[str]:
                    f"{e['first']:.2f} s); peak RSS {e['rss'] / MB:.0f} MB.")
     if "files" in ex:
         e = ex["files"]
+        same_db = (f"both trees with the same {e['database_bytes'] / MB:.1f} MB database; "
+                   if "database_bytes" in e else "")
         out.append(f"- backup of {e['many']['files']:,} small upload files vs the same "
                    f"{e['many']['bytes'] / MB:.0f} MB in {e['few']['files']:,} files: "
                    f"{e['many']['wall']:.2f} s vs {e['few']['wall']:.2f} s = {e['ratio']:.2f}× "
-                   f"(both trees with the same {e.get('database_bytes', 0) / MB:.1f} MB database; "
-                   f"tar+zstd on the same trees: {e['many'].get('zstd_wall', float('nan')):.2f} s "
+                   f"({same_db}tar+zstd on the same trees: "
+                   f"{e['many'].get('zstd_wall', float('nan')):.2f} s "
                    f"vs {e['few'].get('zstd_wall', float('nan')):.2f} s).")
     if "memory" in ex:
         e = ex["memory"]

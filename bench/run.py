@@ -123,9 +123,9 @@ def share_database(source_app: Path, app: Path) -> int:
     (49.5 vs 4.6 MB at scale 1). Both trees back up the larger one; only the files differ.
     """
     source, target = source_app / generate.DB_REL, app / generate.DB_REL
+    for leftover in (target.with_name(target.name + s) for s in ("-wal", "-shm")):
+        leftover.unlink(missing_ok=True)  # a stale WAL would be replayed into the database
     if not filecmp.cmp(source, target, shallow=False):
-        for leftover in (target.with_name(target.name + s) for s in ("-wal", "-shm")):
-            leftover.unlink(missing_ok=True)  # a stale WAL would be replayed into the new file
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from aica_backup.archive import Limits, ScanResult, check_against_manifest, scan_file
 from aica_backup.archive.reader import MAX_HEADER_BYTES, scan_archive
-from aica_backup.archive.writer import ustar_header
+from aica_backup.archive.writer import ArchiveWriter, ustar_header
 from aica_backup.backup import BackupOptions, create_archive
 from aica_backup.codec import decompressing_reader
 from aica_backup.errors import ArchiveError, ExitCode
@@ -844,6 +845,39 @@ def test_fast_ustar_header_is_what_tarfile_writes(
 def _tar_members(stream: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_writer_headers_follow_each_members_mode_and_owner(tmp_path: Path) -> None:
+    """The writer reuses the last member's shared header fields while kind, mode and owner stay
+    the same: members that alternate must each get their own."""
+    owners = [(os.getuid(), os.getgid())]
+    if os.geteuid() == 0:
+        owners.append((1, 1))  # daemon on Debian; any id works, named or not
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    expected: dict[str, tuple[int, int, int]] = {}
+    for i in range(8):
+        mode = (0o600, 0o644, 0o640)[i % 3]
+        uid, gid = owners[i % len(owners)]
+        folder = tmp_path / f"d{i}"
+        folder.mkdir(mode=0o700 if i % 2 else 0o755)
+        folder.chmod(0o700 if i % 2 else 0o755)
+        path = folder / "f.txt"
+        path.write_bytes(b"x" * i)
+        path.chmod(mode)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        st = os.stat(folder)
+        writer.add_dir(f"d{i}", st, Component.UPLOADS)
+        expected[f"d{i}"] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        assert writer.add_file(f"d{i}/f.txt", path, Component.UPLOADS)
+        st = os.stat(path)
+        expected[f"d{i}/f.txt"] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    writer.close()
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        seen = {m.name: (m.mode, m.uid, m.gid) for m in tar}
+    assert seen == expected
+    assert len({v for v in expected.values()}) >= 4  # the members really alternate
 
 
 @pytest.mark.parametrize("size", [0, 1, 511, 512, 70_000, 3 << 20])

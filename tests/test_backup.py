@@ -293,6 +293,33 @@ def test_unreadable_upload_fails_the_backup_cleanly(app: App) -> None:
     assert "alice.png" in line
 
 
+def test_unreadable_uploads_folder_fails_the_backup_cleanly(app: App) -> None:
+    """The uploads are listed in a thread while the database streams: its error still ends the
+    backup the same way, with nothing left behind."""
+    preexec = permissions_enforced()
+    app.run("backup")
+    before = digests(app)
+    (app.uploads / "avatars").chmod(0)
+    proc = app.run("backup", check=False, preexec_fn=preexec)
+    line = assert_clean_failure(app, proc, ExitCode.STORAGE, before, says="cannot read uploads")
+    assert "avatars" in line
+    assert leftovers(app) == []
+
+
+def test_progress_total_is_known_before_the_first_byte(app: App) -> None:
+    """A progress bar gets one total from its first call on (the uploads listed first), and
+    ends there."""
+    calls: list[tuple[int, int]] = []
+    result = create_archive(
+        Layout(root=app.root), progress=lambda done, total, _what: calls.append((done, total))
+    )
+    totals = {total for _done, total in calls}
+    files = sum(m.size for m in result.manifest.members if m.type == "file")
+    assert totals == {files}
+    assert calls[-1][0] == files
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
 # --------------------------------------------------------------------------------------------
 # The database cannot be backed up.
 
