@@ -147,6 +147,10 @@ def test_warm_reads_every_file_and_the_load_control_ends_on_time(tmp_path: Path)
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "big").write_bytes(os.urandom(3 << 20))
     (tmp_path / "a" / "small").write_bytes(b"x" * 10)
+    os.mkfifo(tmp_path / "a" / "fifo")  # would block a read forever
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b" / "big")
+    (tmp_path / "backups").mkdir()  # what an interrupted run left: not the data set
+    (tmp_path / "backups" / "old.tar.gz").write_bytes(b"y" * 99)
     assert measure.warm(tmp_path) == (3 << 20) + 10
     started = time.perf_counter()
     loadtest.busy_loop(0.3)  # one SCHED_IDLE process per core, each until its deadline

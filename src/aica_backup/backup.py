@@ -225,8 +225,9 @@ def create_archive(
             # the row that names it is then always in the archive with that row. (A file
             # deleted between the snapshot and the listing is missing for a row the snapshot
             # still has; no order closes both races, and new uploads are the common case.)
-            # The listing runs while the database streams into the archive (0.1 s of a backup
-            # of 100,000 uploads); a progress bar waits for it, to know its total first.
+            # The listing runs while the database streams into the archive (it walks 100,000
+            # uploads in 0.1 s; that backup took 0.04 s less); a progress bar waits for it, to
+            # know its total first.
             listing = pool.submit(_list_uploads, layout, progress is not None)
             config_present = _present(layout.config_path, want_dir=False)
             if config_present:
