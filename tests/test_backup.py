@@ -293,6 +293,38 @@ def test_unreadable_upload_fails_the_backup_cleanly(app: App) -> None:
     assert "alice.png" in line
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle CPU class")
+@pytest.mark.parametrize("with_database", [True, False], ids=["database", "no database"])
+def test_archiving_runs_in_the_idle_cpu_class(app: App, with_database: bool) -> None:
+    """After the snapshot (or at once, with no database to snapshot) the backup and the
+    threads it starts take only CPU time the app leaves idle. In a child process: the class
+    sticks to the thread that takes it."""
+    if not with_database:
+        for suffix in ("", "-wal", "-shm"):
+            app.db.with_name(app.db.name + suffix).unlink(missing_ok=True)
+    code = (
+        "import os, sys, threading\n"
+        "from pathlib import Path\n"
+        "from aica_backup.backup import BackupOptions, create_archive\n"
+        "from aica_backup.layout import Layout\n"
+        "import aica_backup.archive.writer as writer\n"
+        "seen = set()\n"
+        "real = writer.ArchiveWriter.add_file\n"
+        "def add_file(self, *args, **kwargs):\n"
+        "    seen.add(os.sched_getscheduler(0))\n"
+        "    return real(self, *args, **kwargs)\n"
+        "writer.ArchiveWriter.add_file = add_file\n"
+        "layout = Layout(root=Path(sys.argv[1]), database_optional=True)\n"
+        "create_archive(layout, BackupOptions(check='none', idle_priority=True))\n"
+        "print(sorted(seen))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(app.root)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"[{os.SCHED_IDLE}]"  # every member, the database's included
+
+
 def test_unreadable_uploads_folder_fails_the_backup_cleanly(app: App) -> None:
     """The uploads are listed in a thread while the database streams: its error still ends the
     backup the same way, with nothing left behind."""

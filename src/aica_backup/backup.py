@@ -216,10 +216,11 @@ def create_archive(
                 t0 = time.perf_counter()
                 snap.unlink(missing_ok=True)
                 journal_mode = _snapshot(layout.database_path, snap)
-                if options.idle_priority:
-                    _idle_priority()
                 timings["snapshot"] = time.perf_counter() - t0
                 total += snap.stat().st_size
+            if options.idle_priority:  # before any thread starts: they inherit it
+                _idle_priority()
+            if db_present:
                 check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
             # Uploads are listed after the snapshot: a file the app saved before committing
             # the row that names it is then always in the archive with that row. (A file
