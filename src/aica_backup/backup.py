@@ -211,7 +211,6 @@ def create_archive(
         db_info: DatabaseInfo | None = None
         total = 0
         with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="backup") as pool:
-            check: concurrent.futures.Future[DatabaseInfo] | None = None
             if db_present:
                 t0 = time.perf_counter()
                 snap.unlink(missing_ok=True)
@@ -220,8 +219,11 @@ def create_archive(
                 total += snap.stat().st_size
             if options.idle_priority:  # before any thread starts: they inherit it
                 _idle_priority()
-            if db_present:
-                check = pool.submit(inspect_snapshot, snap, journal_mode, options.check)
+            check = (
+                pool.submit(inspect_snapshot, snap, journal_mode, options.check)
+                if db_present
+                else None
+            )
             # Uploads are listed after the snapshot: a file the app saved before committing
             # the row that names it is then always in the archive with that row. (A file
             # deleted between the snapshot and the listing is missing for a row the snapshot
