@@ -12,11 +12,13 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from aica_backup import staging
 from aica_backup.archive import Limits, ScanResult, check_against_manifest, scan_file
 from aica_backup.archive.reader import MAX_HEADER_BYTES, scan_archive
 from aica_backup.archive.writer import ArchiveWriter, ustar_header
@@ -136,6 +139,50 @@ def test_round_trip_through_staging(app: App, tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (50,)
     finally:
         conn.close()
+
+
+def test_stream_steps_back_behind_the_database_check(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database check is the long pole of a verify or a restore: the archive is read in a
+    thread at a lower CPU priority, the check runs at the caller's, and the caller's own
+    thread is left as it was."""
+    result = create_archive(Layout(root=app.root))
+    seen: dict[str, int] = {}
+    real = staging.integrity_of
+
+    def integrity_of(path: Path, mode: Any = "integrity") -> str:
+        seen["check"] = os.getpriority(os.PRIO_PROCESS, 0)  # per thread on Linux
+        return real(path, mode)
+
+    monkeypatch.setattr(staging, "integrity_of", integrity_of)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    staged = stage(
+        result.path,
+        tmp_path / "staged",
+        progress=lambda _n: seen.setdefault("stream", os.getpriority(os.PRIO_PROCESS, 0)),
+    )
+    assert staged.ok
+    assert seen == {"check": before, "stream": min(19, before + staging.STEP_BACK)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_ctrl_c_stops_the_stream_at_its_next_block(app: App, tmp_path: Path) -> None:
+    """Ctrl-C reaches the caller while the archive streams in a thread of its own: the
+    stream stops at its next block instead of reading the archive to its end."""
+    result = create_archive(Layout(root=app.root))
+    calls: list[int] = []
+
+    def progress(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            time.sleep(0.5)  # ample time for the caller to pass it on
+
+    with pytest.raises(KeyboardInterrupt):
+        stage(result.path, tmp_path / "staged", progress=progress)
+    assert len(calls) == 1
+    assert [t.name for t in threading.enumerate() if t.name.startswith("stage-")] == []
 
 
 def test_names_that_are_not_utf8_and_backslashes_survive(app: App, tmp_path: Path) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
-from ..codec import format_of
 from ..config import Settings
 from ..errors import AbortedError, UsageError
 from ..layout import COMPONENT_ORDER, Component, Layout
@@ -25,32 +24,14 @@ from .common import (
     err,
     human_age,
     human_size,
+    identities_for,
     is_terminal,
     out,
     progress_bar,
+    resolve_archive,
     settings,
 )
 from .listing import contents
-
-
-def identities_for(s: Settings, archive: Path, identity: Path | None) -> list[Any] | None:
-    """Private keys for an encrypted archive (flag, then config / AICA_BACKUP_IDENTITY)."""
-    if not format_of(archive.name)[1]:
-        return None
-    from ..crypto import load_identities
-
-    return load_identities(identity or s.identity_path)
-
-
-def resolve_archive(catalog: Catalog, given: str) -> Path:
-    """An archive given as a path (as in the guide: backups/backup_….tar.gz) or a bare name."""
-    path = Path(given).expanduser()
-    if path.is_file():
-        return path.absolute()
-    candidate = catalog.backups_dir / path.name
-    if parse_name(path.name) and candidate.is_file():
-        return candidate
-    raise UsageError(f"archive not found: {given}", hint="list them with: aica-backup list --all")
 
 
 def choose(entries: list[ArchiveEntry], interactive: bool) -> ArchiveEntry:

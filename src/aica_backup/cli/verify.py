@@ -11,8 +11,16 @@ from ..catalog import Catalog
 from ..config import Settings
 from ..errors import ExitCode, UsageError
 from ..verify import verify_archive
-from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings
-from .restore import identities_for, resolve_archive
+from .common import (
+    JSON_OPTION,
+    emit_json,
+    human_size,
+    identities_for,
+    out,
+    progress_bar,
+    resolve_archive,
+    settings,
+)
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
