@@ -167,17 +167,30 @@ def test_stream_steps_back_behind_the_database_check(
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
-def test_ctrl_c_stops_the_stream_at_its_next_block(app: App, tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_stream_at_its_next_block(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C reaches the caller while the archive streams in a thread of its own: the
     stream stops at its next block instead of reading the archive to its end."""
     result = create_archive(Layout(root=app.root))
+    events: list[threading.Event] = []
+
+    class Threading:  # staging's view of the threading module, keeping the events it makes
+        def __getattr__(self, name: str) -> Any:
+            return getattr(threading, name)
+
+        def Event(self) -> threading.Event:
+            events.append(threading.Event())
+            return events[-1]
+
+    monkeypatch.setattr(staging, "threading", Threading())
     calls: list[int] = []
 
     def progress(n: int) -> None:
         calls.append(n)
         if len(calls) == 1:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-            time.sleep(0.5)  # ample time for the caller to pass it on
+            assert events[0].wait(10)  # the caller has passed it on
 
     with pytest.raises(KeyboardInterrupt):
         stage(result.path, tmp_path / "staged", progress=progress)

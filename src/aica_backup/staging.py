@@ -14,11 +14,12 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
 from .archive.reader import Entry, scan_archive
@@ -38,8 +39,8 @@ from .snapshot import CheckMode, integrity_of
 # Space left free on the staging file system whatever the archive claims (bomb guard).
 RESERVE_BYTES = 64 * 1024 * 1024
 _CHECK_NAMES = {"integrity": "integrity_check", "quick": "quick_check", "none": "none"}
-# How far the stream's thread steps back (nice value) behind the database check: a third of
-# the CPU share where the two meet on a core.
+# How far the stream's thread steps back (nice value) behind the database check: where the
+# two meet on one core, the stream gets a third of what the check gets.
 STEP_BACK = 5
 _REUSED = "quick_check; integrity_check passed on the same bytes by verify"
 
@@ -175,15 +176,23 @@ def stage(
                 else:
                     checks[entry.path] = (pool.submit(integrity_of, dest / entry.path, check), how)
 
+        interrupted = threading.Event()  # set when Ctrl-C reaches the caller
+
+        def on_bytes(n: int) -> None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            if progress is not None:
+                progress(n)
+
         def stream_in() -> ScanResult:
+            nonlocal direct
             _step_back()
             with contextlib.ExitStack() as stack:
-                nonlocal direct
                 if writeback:
                     direct = stack.enter_context(DirectWriter())
                 stream = stack.enter_context(open_tar_stream(archive, identities))
                 return scan_archive(
-                    stream,
+                    cast(IO[bytes], _Interruptible(stream, interrupted)),
                     limits=Limits(max_bytes=limit),
                     open_sink=open_sink,
                     on_dir=on_dir,
@@ -192,26 +201,20 @@ def stage(
                     progress=on_bytes,
                 )
 
-        interrupted = threading.Event()
-
-        def on_bytes(n: int) -> None:
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            if progress is not None:
-                progress(n)
-
         # The database check is the long pole: the rest of the archive need only be read by
-        # the time it ends. So the stream is read in a thread that steps back (a lower CPU
-        # priority, which its inflater inherits), and the check's threads, started from this
-        # one (the first right here), get the cores first.
+        # the time it ends. So the archive is read in a thread that steps back (a lower CPU
+        # priority, which the threads it starts inherit: the inflater, the writers), and the
+        # check runs in threads started from this one (the first right here) at its priority.
         pool.submit(int).result()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stage-stream") as reader:
+            streaming = reader.submit(stream_in)
             try:
-                scan = reader.submit(stream_in).result()
+                scan = streaming.result()
             except OSError as exc:
                 raise storage_error(f"cannot unpack into {dest}", exc) from exc
-            except BaseException:  # Ctrl-C lands here: stop the stream at its next block
+            except BaseException:  # Ctrl-C while the stream runs: it stops at its next read
                 interrupted.set()
+                _wait_out(streaming)
                 raise
         problems = compare_with_manifest(scan)
         db_info = scan.manifest.components.get(Component.DATABASE)
@@ -228,10 +231,39 @@ def stage(
 
 
 def _step_back() -> None:
-    """Lower the calling thread's CPU priority for good (on Linux nice is per thread, and
-    threads it starts inherit it; without privileges it cannot be raised again)."""
-    with contextlib.suppress(OSError):  # not Linux, or already at the lowest
-        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + STEP_BACK))
+    """Lower the calling thread's CPU priority by :data:`STEP_BACK`, for good (it cannot be
+    raised again without privileges). Linux only: there nice is per thread, and the threads
+    it starts inherit it; elsewhere it would lower the whole process."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):  # not allowed here: it only costs speed
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + STEP_BACK))
+
+
+class _Interruptible:
+    """The tar stream, whose reads stop once ``interrupted`` is set (Ctrl-C reached the caller)."""
+
+    def __init__(self, inner: IO[bytes], interrupted: threading.Event) -> None:
+        self._inner = inner
+        self._interrupted = interrupted
+
+    def read(self, size: int = -1) -> bytes:
+        if self._interrupted.is_set():
+            raise KeyboardInterrupt
+        return self._inner.read(size)
+
+
+def _wait_out(future: concurrent.futures.Future[Any]) -> None:
+    """Wait for a stream told to stop, through more Ctrl-Cs: its caller removes the folder
+    it writes into next."""
+    while True:
+        try:
+            concurrent.futures.wait([future])
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _check_member(

@@ -17,10 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..catalog import Catalog, parse_name
-from ..codec import format_of
 from ..config import Settings, load_settings
-from ..errors import UsageError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -117,23 +114,3 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
             bar.update(task, completed=done, total=total or None, description=f"{label}: {phase}")
 
         yield update
-
-
-def identities_for(s: Settings, archive: Path, identity: Path | None) -> list[Any] | None:
-    """Private keys for an encrypted archive (flag, then config / AICA_BACKUP_IDENTITY)."""
-    if not format_of(archive.name)[1]:
-        return None
-    from ..crypto import load_identities
-
-    return load_identities(identity or s.identity_path)
-
-
-def resolve_archive(catalog: Catalog, given: str) -> Path:
-    """An archive given as a path (as in the guide: backups/backup_….tar.gz) or a bare name."""
-    path = Path(given).expanduser()
-    if path.is_file():
-        return path.absolute()
-    candidate = catalog.backups_dir / path.name
-    if parse_name(path.name) and candidate.is_file():
-        return candidate
-    raise UsageError(f"archive not found: {given}", hint="list them with: aica-backup list --all")

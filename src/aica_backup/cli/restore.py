@@ -17,6 +17,7 @@ from ..errors import AbortedError, UsageError
 from ..layout import COMPONENT_ORDER, Component, Layout
 from ..lock import exclusive_lock
 from ..restore import RestoreOptions, RestoreResult, restore
+from .archives import identities_for, resolve_archive
 from .backup import backup_options
 from .common import (
     JSON_OPTION,
@@ -24,11 +25,9 @@ from .common import (
     err,
     human_age,
     human_size,
-    identities_for,
     is_terminal,
     out,
     progress_bar,
-    resolve_archive,
     settings,
 )
 from .listing import contents

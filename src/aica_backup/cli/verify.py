@@ -11,14 +11,13 @@ from ..catalog import Catalog
 from ..config import Settings
 from ..errors import ExitCode, UsageError
 from ..verify import verify_archive
+from .archives import identities_for, resolve_archive
 from .common import (
     JSON_OPTION,
     emit_json,
     human_size,
-    identities_for,
     out,
     progress_bar,
-    resolve_archive,
     settings,
 )
 
