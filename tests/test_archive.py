@@ -167,6 +167,17 @@ def test_stream_steps_back_behind_the_database_check(
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
+def test_a_dropped_database_is_checked_then_removed(app: App, tmp_path: Path) -> None:
+    """verify's way: only the database is written, checked, and removed while the rest of the
+    archive streams on; the check's result stands."""
+    result = create_archive(Layout(root=app.root))
+    staged = stage(
+        result.path, tmp_path / "staged", write=lambda _e, first: first, drop_database=True
+    )
+    assert staged.ok and staged.db_integrity == "ok"
+    assert [p for p in (tmp_path / "staged").rglob("*") if not p.is_dir()] == []
+
+
 def test_ctrl_c_stops_the_stream_at_its_next_block(
     app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

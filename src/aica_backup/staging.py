@@ -100,6 +100,7 @@ def stage(
     progress: Callable[[int], None] | None = None,
     writeback: bool = False,
     checked_sha256: str = "",
+    drop_database: bool = False,
 ) -> Staged:
     """Unpack ``archive`` into the new folder ``dest`` and check it.
 
@@ -115,6 +116,9 @@ def stage(
     (recorded by verify). ``integrity_check`` is a function of the file's bytes: when the
     database unpacked has exactly that SHA-256, the full check is not run again, only a
     ``quick_check`` of the file where it now lies.
+
+    ``drop_database``: remove the database file as soon as its check is done, while the rest
+    of the archive still streams in (verify keeps nothing it unpacks).
     """
     dest.mkdir(mode=PRIVATE_DIR, parents=False)
     limit = max(0, free_bytes(dest) - RESERVE_BYTES)
@@ -168,13 +172,21 @@ def stage(
             if writeback and isinstance(sink, io.FileIO):  # direct sinks are written already
                 flusher.file_done(sink.fileno(), entry.size)
 
+        def check_first(path: Path, mode: CheckMode) -> str:
+            try:
+                return integrity_of(path, mode)
+            finally:
+                if drop_database:
+                    with contextlib.suppress(OSError):  # then the caller's cleanup removes it
+                        path.unlink()
+
         def on_file_done(entry: Entry, sha256: str) -> None:
             if entry.path == first[0] and (dest / entry.path).is_file():
                 if check == "integrity" and checked_sha256 and sha256 == checked_sha256:
-                    future = pool.submit(integrity_of, dest / entry.path, "quick")
+                    future = pool.submit(check_first, dest / entry.path, "quick")
                     checks[entry.path] = (future, _REUSED)
                 else:
-                    checks[entry.path] = (pool.submit(integrity_of, dest / entry.path, check), how)
+                    checks[entry.path] = (pool.submit(check_first, dest / entry.path, check), how)
 
         interrupted = threading.Event()  # set when Ctrl-C reaches the caller
 

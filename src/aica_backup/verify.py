@@ -3,7 +3,8 @@
 The whole archive is read (so compression and encryption trailers are checked too), every
 member's SHA-256 is recomputed and compared with the manifest, the member list is compared
 both ways, and the database is unpacked to a scratch folder for ``PRAGMA integrity_check``.
-Nothing but that scratch database is written, and it is removed afterwards.
+Nothing but that scratch database is written, and it is removed once checked, while the
+rest of the archive is still being read.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def verify_archive(
             identities=identities,
             check=check,
             write=lambda _entry, is_first: is_first,
+            drop_database=True,
         )
     except AicaBackupError as exc:
         if exc.exit_code.name != "ARCHIVE":
