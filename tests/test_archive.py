@@ -203,8 +203,14 @@ def test_ctrl_c_stops_the_stream_at_its_next_block(
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
             assert events[0].wait(10)  # the caller has passed it on
 
-    with pytest.raises(KeyboardInterrupt):
-        stage(result.path, tmp_path / "staged", progress=progress)
+    # Python's own handler, whatever the suite inherited (a shell's background job ignores
+    # SIGINT, and Python then leaves it ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stage(result.path, tmp_path / "staged", progress=progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(calls) == 1
     assert [t.name for t in threading.enumerate() if t.name.startswith("stage-")] == []
 

@@ -4,7 +4,8 @@ Used by restore (everything is staged) and verify (only the database is written,
 folder). Files are created with ``O_EXCL | O_NOFOLLOW`` under a folder this process made, so
 nothing can be written outside it; the reader (:mod:`aica_backup.archive.reader`) has already
 refused unsafe names and member types. The database is checked in a thread while the rest of
-the archive is still streaming in.
+the archive is still streaming in, and ahead of it: the stream's thread runs at a lower CPU
+priority.
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ def stage(
                 else:
                     checks[entry.path] = (pool.submit(check_first, dest / entry.path, check), how)
 
-        interrupted = threading.Event()  # set when Ctrl-C reaches the caller
+        # Set when Ctrl-C reaches the caller: the stream stops at its next read, or its next
+        # file's data if the read before holds several files.
+        interrupted = threading.Event()
 
         def on_bytes(n: int) -> None:
             if interrupted.is_set():

@@ -12,14 +12,7 @@ from ..config import Settings
 from ..errors import ExitCode, UsageError
 from ..verify import verify_archive
 from .archives import identities_for, resolve_archive
-from .common import (
-    JSON_OPTION,
-    emit_json,
-    human_size,
-    out,
-    progress_bar,
-    settings,
-)
+from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
