@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -141,6 +142,7 @@ def test_round_trip_through_staging(app: App, tmp_path: Path) -> None:
         conn.close()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread only on Linux")
 def test_stream_steps_back_behind_the_database_check(
     app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
