@@ -187,6 +187,21 @@ def test_direct_writer_raises_the_first_write_error(tmp_path: Path) -> None:
     assert _open_fds() == before
 
 
+def test_direct_writer_raises_a_fresh_copy_of_its_error_each_time(tmp_path: Path) -> None:
+    """The kept error is raised from several places: never the same object twice."""
+    writer = DirectWriter(min_size=0)
+    writer._keep(OSError(errno.ENOSPC, "No space left on device"))
+    raised = []
+    for _ in range(2):
+        with pytest.raises(OSError) as info:
+            writer.raise_error()
+        raised.append(info.value)
+    assert raised[0] is not raised[1]
+    assert [e.errno for e in raised] == [errno.ENOSPC, errno.ENOSPC]
+    with pytest.raises(OSError):
+        writer.close()
+
+
 def test_discard_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

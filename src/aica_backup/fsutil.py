@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import ctypes
 import errno
 import fcntl
@@ -322,7 +323,10 @@ class DirectWriter:
 
     def raise_error(self) -> None:
         if self._error is not None:
-            raise self._error
+            # A copy each time, as codec._FreshErrors does: the one kept error is raised from
+            # several places (sink, a buffer, close), and one object raised again and again
+            # can link its __context__ into a cycle that contextlib.ExitStack walks forever.
+            raise copy.copy(self._error)
 
     def _take(self) -> mmap.mmap:
         self.raise_error()
