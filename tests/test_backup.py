@@ -241,9 +241,12 @@ def test_missing_database_is_an_error_unless_optional(app: App) -> None:
     assert "database_optional" in line  # the hint says how to allow it
 
     env = {**os.environ, "AICA_BACKUP_BACKUP_DATABASE_OPTIONAL": "true"}
-    app.run("backup", env=env)
+    proc = app.run("backup", env=env, check=False)
     newest = app.archives()[-1]
     assert read_manifest(newest)["components"]["database"]["present"] is False
+    # the previous backup had one: a warning, not silence (issue 14, item 6)
+    assert proc.returncode == ExitCode.WARNING
+    assert "database (backend/aica_sys.db) is missing" in proc.stderr
 
 
 def test_backup_through_a_symlinked_upload_is_skipped_with_a_warning(
@@ -282,15 +285,30 @@ def test_special_files_among_uploads_are_skipped_not_waited_on(app: App) -> None
     assert m["components"]["uploads"]["file_count"] == 4
 
 
-def test_unreadable_upload_fails_the_backup_cleanly(app: App) -> None:
-    """A backup silently missing a file would be worse: fail, name the file, keep the rest."""
+def test_unreadable_upload_is_skipped_and_recorded(app: App) -> None:
+    """Issue 14, item 7: one unreadable upload cost the whole backup (database included,
+    exit 7). Everything readable is archived, the manifest names what was skipped and why,
+    the run exits 1 with the count, and ``list``/``verify`` call the archive incomplete."""
     preexec = permissions_enforced()
-    app.run("backup")
-    before = digests(app)
     (app.uploads / "avatars" / "alice.png").chmod(0)
     proc = app.run("backup", check=False, preexec_fn=preexec)
-    line = assert_clean_failure(app, proc, ExitCode.STORAGE, before, says="Permission denied")
-    assert "alice.png" in line
+    assert proc.returncode == ExitCode.WARNING, proc.stderr
+    assert "1 upload(s) could not be read" in proc.stderr and "alice.png" in proc.stderr
+    [archive] = app.archives()
+    m = read_manifest(archive)
+    skipped = {"path": "public/uploads/avatars/alice.png", "error": "Permission denied"}
+    assert m["skipped"] == [skipped]
+    paths = {x["path"] for x in m["members"]}
+    assert "public/uploads/docs/nested/deep/data.json" in paths
+    assert "public/uploads/avatars/alice.png" not in paths
+    assert m["components"]["database"]["present"] is True
+    log = json.loads(log_text(app.backups).splitlines()[-1])
+    assert log["outcome"] == "warning" and log["skipped"] == 1
+    listed = app.run("list")
+    assert "INCOMPLETE: 1 skipped" in listed.stdout
+    verified = app.run("verify", archive.name, check=False)
+    assert verified.returncode == ExitCode.WARNING, verified.stdout + verified.stderr
+    assert "incomplete: 1 file(s) skipped" in verified.stdout + verified.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle CPU class")
@@ -325,17 +343,51 @@ def test_archiving_runs_in_the_idle_cpu_class(app: App, with_database: bool) -> 
     assert proc.stdout.strip() == f"[{os.SCHED_IDLE}]"  # every member, the database's included
 
 
-def test_unreadable_uploads_folder_fails_the_backup_cleanly(app: App) -> None:
-    """The uploads are listed in a thread while the database streams: its error still ends the
-    backup the same way, with nothing left behind."""
+def test_unreadable_uploads_folder_is_skipped_and_recorded(app: App) -> None:
+    """The uploads are listed in a thread while the database streams: a folder it may not
+    read is skipped and named the same way, and the rest is archived."""
     preexec = permissions_enforced()
-    app.run("backup")
-    before = digests(app)
     (app.uploads / "avatars").chmod(0)
     proc = app.run("backup", check=False, preexec_fn=preexec)
-    line = assert_clean_failure(app, proc, ExitCode.STORAGE, before, says="cannot read uploads")
-    assert "avatars" in line
+    assert proc.returncode == ExitCode.WARNING, proc.stderr
+    m = read_manifest(app.archives()[0])
+    assert m["skipped"] == [{"path": "public/uploads/avatars", "error": "Permission denied"}]
+    assert "public/uploads/docs/報告書 2024.txt" in {x["path"] for x in m["members"]}
     assert leftovers(app) == []
+
+
+def test_a_deep_uploads_tree_is_walked_without_recursion(app: App) -> None:
+    """Issue 14, item 9: the folder depth is the users' to choose; the listing keeps no
+    stack frame per level (a recursion limit far below the depth proves it)."""
+    chain = [app.uploads]
+    for _ in range(1200):  # Path.mkdir(parents=True) itself recurses
+        chain.append(chain[-1] / "d")
+        chain[-1].mkdir()
+    (chain[-1] / "leaf.txt").write_bytes(b"leaf")
+    try:
+        _walk_deep_tree(app)
+    finally:  # bottom-up: pytest's clean-up of old temp folders (shutil.rmtree) recurses
+        (chain[-1] / "leaf.txt").unlink()
+        for folder in reversed(chain[1:]):
+            folder.rmdir()
+
+
+def _walk_deep_tree(app: App) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from aica_backup.backup import _walk_uploads\n"
+        "from aica_backup.layout import Layout\n"
+        "sys.setrecursionlimit(200)\n"
+        "found, skipped = _walk_uploads(Layout(root=Path(sys.argv[1])), True)\n"
+        "print(len(found), len(skipped), max(s.arcname.count('/') for s in found))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(app.root)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    count, skipped, depth = map(int, proc.stdout.split())
+    assert count > 1200 and skipped == 0 and depth == 1 + 1200 + 1  # public/uploads/d…/leaf
 
 
 def test_progress_total_is_known_before_the_first_byte(app: App) -> None:
@@ -390,7 +442,7 @@ def test_database_not_sqlite_or_damaged(app: App, damage: Callable[[App], None],
     damage(app)
     proc = app.run("backup", check=False)
     assert_clean_failure(app, proc, ExitCode.DATABASE, before, says=says)
-    assert "FAILED" in log_text(app.backups)
+    assert json.loads(log_text(app.backups).splitlines()[-1])["outcome"] == "failed"
 
 
 def test_database_unreadable(app: App) -> None:

@@ -93,8 +93,11 @@ def test_one_log_line_per_run(app: App) -> None:
     app.run("backup", "--json")
     log = (app.backups / ".aica-backup" / "aica-backup.log").read_text().splitlines()
     assert len(log) == 2
-    assert " backup ok archive=backup_" in log[0]
-    assert json.loads(log[1])["ok"] is True
+    # one format whatever the output (issue 14, item 15): a JSON object a line
+    first, second = map(json.loads, log)
+    assert first["operation"] == second["operation"] == "backup"
+    assert first["outcome"] == second["outcome"] == "ok" and first["ok"] is True
+    assert first["archive"].startswith("backup_") and first["time"][:4].isdigit()
     assert (app.backups / ".aica-backup" / "aica-backup.log").stat().st_mode & 0o077 == 0
 
 

@@ -37,6 +37,7 @@ from .errors import AicaBackupError, DatabaseError, StorageError
 from .fsutil import (
     PRIVATE_FILE,
     TMP_PREFIX,
+    adopt_owner,
     ensure_private_dir,
     fsync_dir,
     start_writeback,
@@ -69,6 +70,8 @@ class BackupResult:
     manifest: Manifest
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # what went wrong once the archive was published (it is complete): the run ends with exit 1
+    problems: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
@@ -83,6 +86,7 @@ class BackupResult:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            "problems": self.problems,
             **self.manifest.summary(),
         }
 
@@ -99,37 +103,47 @@ class _Source:
 _by_name = operator.attrgetter("name")
 
 
-def _walk_uploads(layout: Layout, sizes: bool) -> list[_Source]:
-    """Every folder and regular file under uploads, sorted, folders before their contents.
+def _walk_uploads(layout: Layout, sizes: bool) -> tuple[list[_Source], list[dict[str, str]]]:
+    """Every folder and regular file under uploads, sorted, folders before their contents;
+    and the folders this user may not read (each ``{"path", "error"}``), skipped.
 
     Files are told from folders by the directory entry's type, without a stat: the writer
     takes each file's size from the file it opens. ``sizes``: stat files too (a progress
-    bar's total).
+    bar's total). A stack, not recursion: the depth of the tree is the users' to choose.
     """
     top = str(layout.uploads_path)
     out: list[_Source] = [_Source(layout.uploads, 0, os.stat(top))]
+    skipped: list[dict[str, str]] = []
 
-    def walk(folder: str, arc: str) -> None:
+    def entries(folder: str, arc: str) -> tuple[Iterator[os.DirEntry[str]], str]:
         try:
-            entries = sorted(os.scandir(folder), key=_by_name)
+            return iter(sorted(os.scandir(folder), key=_by_name)), arc
+        except PermissionError as exc:  # the rest is backed up; the manifest names this one
+            skipped.append({"path": arc, "error": exc.strerror or str(exc)})
+            return iter(()), arc
         except OSError as exc:
             raise storage_error(f"cannot read uploads folder {folder}", exc) from exc
-        for e in entries:
-            child_arc = f"{arc}/{e.name}"
-            if e.is_dir(follow_symlinks=False):
-                out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
-                walk(e.path, child_arc)
-            else:  # links and special files are reported by the writer and skipped
-                size = e.stat(follow_symlinks=False).st_size if sizes else 0
-                out.append(_Source(child_arc, size, None))
 
-    walk(top, layout.uploads)
-    return out
+    stack = [entries(top, layout.uploads)]
+    while stack:
+        it, arc = stack[-1]
+        e = next(it, None)
+        if e is None:
+            stack.pop()
+            continue
+        child_arc = f"{arc}/{e.name}"
+        if e.is_dir(follow_symlinks=False):
+            out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
+            stack.append(entries(e.path, child_arc))
+        else:  # links and special files are reported by the writer and skipped
+            size = e.stat(follow_symlinks=False).st_size if sizes else 0
+            out.append(_Source(child_arc, size, None))
+    return out, skipped
 
 
-def _list_uploads(layout: Layout, sizes: bool) -> list[_Source]:
+def _list_uploads(layout: Layout, sizes: bool) -> tuple[list[_Source], list[dict[str, str]]]:
     present = _present(layout.uploads_path, want_dir=True)
-    return _walk_uploads(layout, sizes) if present else []
+    return _walk_uploads(layout, sizes) if present else ([], [])
 
 
 def _present(path: Path, *, want_dir: bool) -> bool:
@@ -165,6 +179,7 @@ class _ArchiveFile(HashingWriter):
 def _output(tmp: Path, options: BackupOptions) -> Iterator[tuple[IO[bytes], HashingWriter]]:
     """temp file ← sha256 ← [age] ← compressor: yield (stream to write tar into, hasher)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    adopt_owner(tmp, fd)
     with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
         hasher = _ArchiveFile(raw)
         with contextlib.ExitStack() as stack:
@@ -250,17 +265,20 @@ def create_archive(
                 ArchiveWriter(stream, advance if progress is not None else None) as writer,
             ):
                 if progress is not None:
-                    total += sum(s.size for s in listing.result())
+                    total += sum(s.size for s in listing.result()[0])
                 if db_present:
                     db_mode = stat.S_IMODE(layout.database_path.stat().st_mode)
                     writer.add_file(layout.database, snap, Component.DATABASE, mode=db_mode)
-                uploads = listing.result()
+                uploads, skipped = listing.result()
                 root, add_file, add_dir = str(layout.root), writer.add_file, writer.add_dir
                 for s in uploads:
                     if s.st is not None:
                         add_dir(s.arcname, s.st, Component.UPLOADS)
-                    else:
+                        continue
+                    try:
                         add_file(s.arcname, f"{root}/{s.arcname}", Component.UPLOADS)
+                    except PermissionError as exc:  # refused at open: nothing was written
+                        skipped.append({"path": s.arcname, "error": exc.strerror or str(exc)})
                 if config_present:
                     writer.add_file(layout.config, layout.config_path, Component.CONFIG)
                 if check is not None:
@@ -272,6 +290,7 @@ def create_archive(
                             hint="the live database is damaged: restore the newest good archive",
                         )
                 manifest = _manifest(layout, options, now, writer, db_info, uploads, config_present)
+                manifest.skipped = sorted(skipped, key=operator.itemgetter("path"))
                 writer.add_bytes(MANIFEST_NAME, manifest.json_chunks(), 0o600, now.timestamp())
                 writer.close()
             timings["archive"] = time.perf_counter() - t0
@@ -294,8 +313,45 @@ def create_archive(
     if hasher.size != size:  # the file must hold exactly what we hashed
         final.unlink()
         raise StorageError(f"archive {name} is {size} bytes on disk, {hasher.size} were written")
-    catalog.record_new(name, size, sha, manifest.summary(), origin=kind)
-    return BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
+    result = BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
+    if manifest.skipped:
+        first = manifest.skipped[0]
+        result.problems.append(
+            f"incomplete: {len(manifest.skipped)} upload(s) could not be read and were skipped "
+            f"(first: {first['path']}: {first['error']}); everything else is in {name}"
+        )
+    if kind == "backup":
+        result.problems += _vanished(catalog, name, manifest)
+    try:
+        catalog.record_new(name, size, sha, manifest.summary(), origin=kind)
+    except AicaBackupError as exc:
+        # The archive is complete and published; the index is a cache rebuilt from it. The
+        # run goes on (log, retention, offsite), ending with a warning.
+        result.problems.append(f"archive {name} is complete, but its index entry is not: {exc}")
+    return result
+
+
+def _vanished(catalog: Catalog, name: str, manifest: Manifest) -> list[str]:
+    """Components the previous backup had and this one found missing (recorded absent): a
+    deleted ``.env.production`` must not go unnoticed until the old backups are pruned."""
+    previous = next((n for n in catalog.names(("backup",)) if n != name), None)
+    if previous is None:
+        return []
+    try:
+        summary = catalog.entry(previous, read_missing=False).summary or {}
+    except OSError:
+        return []
+    had = {
+        Component.DATABASE: bool((summary.get("database") or {}).get("present")),
+        Component.UPLOADS: bool((summary.get("uploads") or {}).get("present")),
+        Component.CONFIG: bool(summary.get("config_present")),
+    }
+    return [
+        f"{c} ({info.path}) is missing: the previous backup {previous} had it, this one "
+        "records it as absent"
+        for c, info in manifest.components.items()
+        if had.get(c) and not info.present
+    ]
 
 
 def _idle_priority() -> None:

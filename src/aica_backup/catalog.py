@@ -20,7 +20,13 @@ from typing import Any
 
 from .codec import format_of
 from .errors import AicaBackupError, UsageError
-from .fsutil import TMP_PREFIX, atomic_write_bytes, ensure_private_dir, fsync_dir
+from .fsutil import (
+    TMP_PREFIX,
+    atomic_write_bytes,
+    ensure_private_dir,
+    fsync_dir,
+    storage_error,
+)
 from .retention import Candidate, Decision, Policy, apply_policy
 
 NAME_RE = re.compile(
@@ -87,6 +93,7 @@ class ArchiveEntry:
     pinned: bool = False
     verification: dict[str, Any] | None = None
     index_error: str | None = None
+    unreadable: str | None = None  # a fault of this machine reading it (permissions, I/O)
 
     @property
     def failed(self) -> bool:
@@ -107,6 +114,7 @@ class ArchiveEntry:
             "summary": self.summary,
             "verification": self.verification,
             "index_error": self.index_error,
+            "unreadable": self.unreadable,
         }
 
 
@@ -196,7 +204,11 @@ class Catalog:
         )
         data = self.read_index(name)
         if (data is None or data.get("size") != size) and read_missing:
-            data = self._reindex(entry, data)
+            try:
+                data = self._reindex(entry, data)
+            except OSError as exc:  # never recorded: the archive is not at fault
+                entry.unreadable = storage_error(f"cannot read {name}", exc).message
+                data = None
         if data is not None:
             entry.sha256 = str(data.get("sha256", ""))
             entry.summary = data.get("summary")
@@ -218,9 +230,13 @@ class Catalog:
                 data["summary"] = result.manifest.summary()
             except AicaBackupError as exc:
                 data["index_error"] = str(exc)
+            except OSError as exc:
+                if exc.errno is not None:  # permissions, I/O: the caller's, not the archive's
+                    raise
+                data["index_error"] = str(exc)  # gzip's own complaints about the data
         data["sha256"] = sha256_file(entry.path)
         data["origin"] = "indexed"
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AicaBackupError):  # a cache: next time, then
             self.write_index(entry.name, data)
         return data
 
@@ -235,19 +251,23 @@ class Catalog:
     def remove(self, name: str) -> None:
         """Delete an archive and its index entry (durably)."""
         self.path_of(name).unlink()
-        self._index_path(name).unlink(missing_ok=True)
+        # the archive is gone: an entry left behind is removed by clean_leftovers
+        with contextlib.suppress(OSError):
+            self._index_path(name).unlink(missing_ok=True)
         fsync_dir(self.backups_dir)
 
     def clean_leftovers(self) -> list[str]:
         """Remove temp files of crashed runs and index entries without an archive (under lock)."""
         removed: list[str] = []
+        # OSError: a folder or file this user may not touch (doctor names it) must not stop
+        # the backup that runs after this clean-up
         for folder in (self.backups_dir, self.backups_dir / ".aica-backup", self.index_dir):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 for p in folder.iterdir():
                     if p.name.startswith(TMP_PREFIX) and p.is_file():
                         p.unlink()
                         removed.append(p.name)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             for p in self.index_dir.iterdir():
                 if p.suffix == ".json" and not (self.backups_dir / p.stem).exists():
                     p.unlink()

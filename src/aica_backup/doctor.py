@@ -9,6 +9,8 @@ only diagnosed: recreating or restoring it is the operator's decision.
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 import stat
 from dataclasses import asdict, dataclass
@@ -222,10 +224,59 @@ def check_permissions(layout: Layout, fix: bool) -> list[Finding]:
     return findings
 
 
+def check_ownership(layout: Layout) -> list[Finding]:
+    """Entries in the backups folder its owner cannot manage: owned by another user (an
+    archive, index entry, lock or log left by ``sudo`` with an older version), or without
+    the owner's own read/write permission. The owner's runs would fail on each of them.
+    Only diagnosed: which owner is right is the operator's call."""
+    top = layout.backups_dir
+    try:
+        owner = top.stat()
+    except OSError:
+        return []
+    bad: list[str] = []
+    stack = [top]
+    while stack:  # iterative: bounded by the folder's entries, not its depth
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            bad.append(str(folder.relative_to(top.parent)))
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            need = (stat.S_IRWXU) if is_dir else stat.S_IRUSR | stat.S_IWUSR
+            if st.st_uid != owner.st_uid or (st.st_mode & need) != need:
+                bad.append(str(Path(e.path).relative_to(top.parent)))
+            if is_dir:
+                stack.append(Path(e.path))
+    if not bad:
+        return []
+    try:
+        who = f"{pwd.getpwuid(owner.st_uid).pw_name} (uid {owner.st_uid})"
+    except KeyError:
+        who = f"uid {owner.st_uid}"
+    shown = ", ".join(sorted(bad)[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return [
+        Finding(
+            "backups-owner",
+            ERROR,
+            f"{len(bad)} files in {top} that its owner {who} cannot manage (another owner, "
+            f"or no read/write permission for the owner): {shown}",
+            f"sudo chown -R {owner.st_uid}:{owner.st_gid} {top} && sudo chmod -R u+rwX {top}",
+        )
+    ]
+
+
 def diagnose(layout: Layout, *, max_age_hours: float = 26, fix: bool = False) -> list[Finding]:
     """Every finding for this app, fixing the safe ones when asked."""
     return (
         check_database(layout, fix)
         + check_backups(layout, max_age_hours)
         + check_permissions(layout, fix)
+        + check_ownership(layout)
     )

@@ -42,10 +42,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and make sure it is mode 0700."""
+def adopt_owner(path: Path, fd: int | None = None) -> None:
+    """Give ``path`` (just created by this process) the owner of the folder it is in, when
+    this process is root and that folder belongs to someone else.
+
+    ``sudo ./scripts/backup.sh`` on an app folder owned by its user must not leave files only
+    root can read or replace (an archive, an index entry, the lock, the log): the owner's next
+    run would fail on them. Files root makes in root's own folders stay root's. ``fd``: chown
+    through an open descriptor instead (a temp file before its rename). Best effort: where
+    ``chown`` is refused (a root-squashed share), ``doctor`` names what is left.
+    """
+    if os.geteuid() != 0:
+        return
     try:
+        parent = os.stat(path.parent)
+        if parent.st_uid == 0:
+            return
+        mine = os.fstat(fd) if fd is not None else os.lstat(path)
+        if mine.st_uid != 0 or (mine.st_uid, mine.st_gid) == (parent.st_uid, parent.st_gid):
+            return
+        if fd is not None:
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+        else:
+            os.lchown(path, parent.st_uid, parent.st_gid)
+    except OSError:
+        pass
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make sure it is mode 0700; run as root,
+    each folder it creates takes the owner of the folder it is made in (:func:`adopt_owner`)."""
+    try:
+        missing = list(itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
         path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        for created in reversed(missing):  # outermost first: each inherits from its parent
+            adopt_owner(created)
         if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR:
             path.chmod(PRIVATE_DIR)
     except OSError as exc:
@@ -78,6 +109,7 @@ def atomic_file(final: Path, mode: int = PRIVATE_FILE) -> Iterator[IO[bytes]]:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
+            adopt_owner(tmp, fd)
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 fh.flush()

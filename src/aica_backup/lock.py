@@ -21,7 +21,7 @@ from pathlib import Path
 import filelock
 
 from .errors import LockedError, StorageError
-from .fsutil import PRIVATE_FILE, atomic_write_bytes, ensure_private_dir
+from .fsutil import PRIVATE_FILE, adopt_owner, atomic_write_bytes, ensure_private_dir
 
 
 def _holder_info(path: Path) -> dict[str, object]:
@@ -57,6 +57,7 @@ def exclusive_lock(meta_dir: Path, operation: str, wait: float = 0.0) -> Iterato
             f"backups folder is locked: {holder} is running",
             hint="wait for it to finish, or pass --wait SECONDS",
         ) from None
+    adopt_owner(meta_dir / "lock")
     notes: list[str] = []
     try:
         previous = _holder_info(info_path)

@@ -101,6 +101,9 @@ class Manifest:
     members: list[Member]
     warnings: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    # uploads this backup could not read, each {"path", "error"}: the archive is incomplete.
+    # Optional in the file (written only when some were skipped; older manifests have none).
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def member(self, path: str) -> Member | None:
         for m in self.members:
@@ -125,6 +128,7 @@ class Manifest:
             "config_present": bool(self.components.get(Component.CONFIG, _ABSENT).present),
             "members": len(self.members),
             "warnings": list(self.warnings),
+            "skipped": len(self.skipped),
         }
 
     def to_json(self) -> bytes:
@@ -153,7 +157,10 @@ class Manifest:
         for start in range(0, len(members), _MEMBERS_PER_CHUNK):
             part = ",".join([m.to_json() for m in members[start : start + _MEMBERS_PER_CHUNK]])
             chunks.append((b"," if start else b"") + part.encode("ascii"))
-        chunks.append(b'],"warnings":' + _JSON.encode(self.warnings).encode("ascii") + b"}\n")
+        tail = b'],"warnings":' + _JSON.encode(self.warnings).encode("ascii")
+        if self.skipped:
+            tail += b',"skipped":' + _JSON.encode(self.skipped).encode("ascii")
+        chunks.append(tail + b"}\n")
         return chunks
 
 
@@ -273,6 +280,7 @@ def parse_manifest(data: bytes) -> Manifest:
         if info is None or not (m.path == info.path or m.path.startswith(info.path + "/")):
             raise _bad(f"member {m.path!r} lies outside its component")
     warnings = doc.get("warnings", [])
+    skipped = _parse_skipped(doc, components, {m.path for m in members if m.type == "file"})
     return Manifest(
         format_version=version,
         tool_version=_get(doc, "tool_version", str),
@@ -284,4 +292,33 @@ def parse_manifest(data: bytes) -> Manifest:
         components=components,
         members=members,
         warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
+        skipped=skipped,
     )
+
+
+def _parse_skipped(
+    doc: dict[str, Any], components: dict[Component, ComponentInfo], files: set[str]
+) -> list[dict[str, str]]:
+    """The optional ``skipped`` list: uploads left out (a file, or a folder whose contents
+    could not be listed), each a safe path inside the uploads component, listed once, and
+    not also a file member."""
+    raw = doc.get("skipped", [])
+    if not isinstance(raw, list):
+        raise _bad("field 'skipped' is not a list")
+    uploads = components.get(Component.UPLOADS)
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict):
+            raise _bad("a skipped entry is not an object")
+        path, error = _get(item, "path", str), _get(item, "error", str)
+        if safe_member_path(path) != path:
+            raise _bad(f"unsafe skipped path {path!r}")
+        inside = path == uploads.path or path.startswith(uploads.path + "/") if uploads else False
+        if uploads is None or not uploads.present or not inside:
+            raise _bad(f"skipped path {path!r} lies outside the uploads")
+        if path in seen or path in files:
+            raise _bad(f"skipped path {path!r} is listed twice")
+        seen.add(path)
+        out.append({"path": path, "error": error})
+    return out

@@ -83,11 +83,23 @@ class Notifier:
             return f"notification to {safe_url(url)} failed: {self.redact(str(exc))}"
         return None
 
-    def send(self, ok: bool, operation: str, facts: dict[str, Any]) -> list[str]:
-        """Deliver the outcome; return warnings for deliveries that failed."""
+    def send(
+        self, ok: bool, operation: str, facts: dict[str, Any], *, warning: bool = False
+    ) -> list[str]:
+        """Deliver the outcome; return warnings for deliveries that failed.
+
+        A run that was done with a warning (``ok`` and ``warning``: files skipped, a component
+        gone since the last backup, an offsite copy failed) always reaches the webhook, even
+        without ``on_success``; the heartbeat gets a success ping (the archive exists).
+        """
         warnings: list[str] = []
         host = socket.gethostname()
-        if ok:
+        if ok and warning:
+            text = f"aica-backup {operation} finished with a WARNING on {host}"
+            if facts.get("archive"):
+                text += f": {facts['archive']}"
+            text += f": {facts.get('warning') or facts.get('error') or 'see the log'}"
+        elif ok:
             text = f"aica-backup {operation} succeeded on {host}"
             if facts.get("archive"):
                 text += f": {facts['archive']}"
@@ -95,9 +107,11 @@ class Notifier:
             text = (
                 f"aica-backup {operation} FAILED on {host}: {facts.get('error', 'unknown error')}"
             )
-        body = {"text": self.redact(text), "ok": ok, "operation": operation, "host": host}
+        body: dict[str, Any] = {"text": self.redact(text), "ok": ok, "operation": operation}
+        body["host"] = host
+        body["outcome"] = "failed" if not ok else "warning" if warning else "ok"
         body.update({k: self.redact(v) if isinstance(v, str) else v for k, v in facts.items()})
-        wanted = self.webhook_url and (not ok or self.on_success)
+        wanted = self.webhook_url and (not ok or warning or self.on_success)
         if wanted and (problem := self._post(self.webhook_url, body)):
             warnings.append(problem)
         if self.heartbeat_url:

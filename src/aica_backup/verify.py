@@ -76,6 +76,7 @@ def verify_archive(
             bytes=staged.scan.total_bytes,
             database=staged.db_integrity,
             created_at=summary["created_at"],
+            skipped=len(staged.manifest.skipped),  # intact, but incomplete since its backup
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

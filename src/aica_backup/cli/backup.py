@@ -54,6 +54,8 @@ def summary_line(result: BackupResult) -> str:
     else:
         parts.append("no uploads")
     parts.append("config" if m.get("config_present") else "no config")
+    if m.get("skipped"):
+        parts.append(f"INCOMPLETE: {m['skipped']} skipped")
     parts.append(f"{result.seconds:.1f} s")
     return f"Backup created: {result.path} ({'; '.join(parts)})"
 
@@ -67,7 +69,14 @@ def run_backup_job(
     wait: float,
     show_progress: bool,
 ) -> tuple[BackupResult, dict[str, Any], ExitCode]:
-    """The whole scheduled job under the lock. Returns (result, report, exit code)."""
+    """The whole scheduled job under the lock. Returns (result, report, exit code).
+
+    Once the archive is published, nothing that fails later (its index entry, its
+    verification, retention, an offsite copy) stops the rest of the job: every step runs,
+    each problem goes into ``report["problems"]``, and the exit code says the worst.
+    A failed verification is an error (the new archive is not good: retention does not
+    count it); any other problem is a warning (exit 1): the backup is there.
+    """
     layout = s.layout()
     report: dict[str, Any] = {"ok": True}
     code = ExitCode.OK
@@ -76,27 +85,47 @@ def run_backup_job(
         with progress_bar("backup", show_progress) as update:
             result = create_archive(layout, backup_options(s), progress=update)
         report.update(result.to_dict())
+        problems: list[str] = list(result.problems)
+        if problems:
+            code = ExitCode.WARNING
         if verify or s.backup.verify:
             from .verify import verify_and_record
 
-            outcome = verify_and_record(s, result.name)
-            report["verification"] = outcome
-            if not outcome["ok"]:
-                raise AicaBackupError(
-                    f"archive {result.name} failed verification right after backup: "
-                    f"{outcome['problems'][0]}"
-                )
+            try:
+                outcome = verify_and_record(s, result.name)
+                report["verification"] = outcome
+                if not outcome["ok"]:
+                    problems.append(
+                        f"archive {result.name} failed verification right after backup: "
+                        f"{outcome['problems'][0]}"
+                    )
+                    code = ExitCode.ERROR
+            except AicaBackupError as exc:  # could not check it (space, key): not its fault
+                problems.append(f"archive {result.name} could not be verified: {exc}")
+                code = max(code, ExitCode.WARNING)
         if apply_retention:
-            decision = prune(Catalog(layout.backups_dir), s.retention.policy(), datetime.now(UTC))
-            report["pruned"] = [c.name for c in decision.remove]
+            try:
+                decision = prune(
+                    Catalog(layout.backups_dir), s.retention.policy(), datetime.now(UTC)
+                )
+                report["pruned"] = [c.name for c in decision.remove]
+            except AicaBackupError as exc:
+                problems.append(f"retention failed: {exc}")
+                code = max(code, ExitCode.WARNING)
         if offsite and s.offsite.targets:
             from .offsite import push_after_backup
 
             copies = push_after_backup(s, result)
             report["offsite"] = copies
-            if any(not c["ok"] for c in copies):
-                code = ExitCode.WARNING
-                report["ok"] = False
+            failed = [c for c in copies if not c["ok"]]
+            if failed:
+                problems.append(
+                    "offsite copy failed: "
+                    + "; ".join(f"{c['target']}: {c['error']}" for c in failed)
+                )
+                code = max(code, ExitCode.WARNING)
+        report["problems"] = problems
+        report["ok"] = code == ExitCode.OK
     return result, report, code
 
 
@@ -112,7 +141,7 @@ def command(
     ] = False,
     check: Annotated[
         str | None,
-        typer.Option(help="Snapshot check: integrity, quick or none (default: integrity)."),
+        typer.Option(help="Snapshot check: integrity, quick or none (default: quick)."),
     ] = None,
     compression: Annotated[
         str | None, typer.Option(help="gzip (.tar.gz, default) or zstd (.tar.zst).")
@@ -121,7 +150,8 @@ def command(
     wait: Annotated[
         float | None,
         typer.Option(
-            help="Seconds to wait for a running backup or restore (default: fail at once)."
+            min=0,
+            help="Seconds to wait for a running backup or restore (default: fail at once).",
         ),
     ] = None,
 ) -> int:
@@ -151,22 +181,30 @@ def command(
             s,
             "backup",
             ok=False,
-            json_lines=json_out,
             facts={"error": str(exc), "seconds": round(time.monotonic() - started, 1)},
         )
         raise
-    facts = {
+    facts: dict[str, Any] = {
         "archive": result.name,
         "size": result.size,
         "seconds": round(result.seconds, 1),
         "warnings": len(result.warnings),
     }
-    if code != ExitCode.OK:
-        facts["error"] = "offsite copy failed: " + "; ".join(
-            f"{c['target']}: {c['error']}" for c in report.get("offsite", []) if not c["ok"]
-        )
+    if result.manifest.skipped:
+        facts["skipped"] = len(result.manifest.skipped)
+    if "verification" in report:
+        facts["verified"] = bool(report["verification"]["ok"])
+    if report.get("pruned"):
+        facts["pruned"] = report["pruned"]
+    problems: list[str] = report["problems"]
+    if problems:
+        facts["error" if code > ExitCode.WARNING else "warning"] = "; ".join(problems)
     report["warnings"] = result.warnings + reporting.finished(
-        s, "backup", ok=code == ExitCode.OK, json_lines=json_out, facts=facts
+        s,
+        "backup",
+        ok=code <= ExitCode.WARNING,
+        warning=code == ExitCode.WARNING,
+        facts=facts,
     )
     if json_out:
         emit_json(report)
@@ -179,8 +217,8 @@ def command(
             out.print(f"Offsite copy verified: {copy['target']} {copy['name']}", markup=False)
     for w in report["warnings"]:
         warn(w)
-    if code != ExitCode.OK:
-        warn(str(facts["error"]))
+    for problem in problems:
+        warn(problem)
     return int(code)
 
 

@@ -12,11 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ..catalog import KINDS, ArchiveEntry, Catalog
-from .common import JSON_OPTION, emit_json, human_age, human_size, out, settings
+from ..errors import ExitCode
+from .common import JSON_OPTION, emit_json, human_age, human_size, out, settings, warn
 
 
 def contents(e: ArchiveEntry) -> tuple[str, str]:
     """(database, uploads) columns for an entry."""
+    if e.unreadable:
+        return ("UNREADABLE", "?")
     s: dict[str, Any] = e.summary or {}
     db = s.get("database") or {}
     up = s.get("uploads") or {}
@@ -31,6 +34,8 @@ def contents(e: ArchiveEntry) -> tuple[str, str]:
     if db.get("present") and db.get("integrity") not in ("ok", "skipped"):
         dbcol += " (DAMAGED)"
     upcol = f"{up.get('file_count', 0):,} files" if up.get("present") else "absent"
+    if s.get("skipped"):
+        upcol += f" (INCOMPLETE: {s['skipped']:,} skipped)"
     return dbcol, upcol
 
 
@@ -48,11 +53,18 @@ def command(
     all_kinds: Annotated[
         bool, typer.Option("--all", help="Also list the safety backups made before restores.")
     ] = False,
-) -> None:
-    """List the backups, newest first: name, local time, age, size, contents, verification."""
+) -> int:
+    """List the backups, newest first: name, local time, age, size, contents, verification.
+
+    An archive this user cannot read is listed as UNREADABLE with a warning (exit 1).
+    """
     s = settings(ctx)
     catalog = Catalog(s.layout().backups_dir)
     entries = catalog.entries(KINDS if all_kinds else ("backup",))
+    code = ExitCode.WARNING if any(e.unreadable for e in entries) else ExitCode.OK
+    for e in entries:
+        if e.unreadable:
+            warn(f"{e.unreadable} (run aica-backup doctor)")
     if json_out:
         now = datetime.now(UTC)
         # the age the table shows, in seconds, so scripts need not redo the time arithmetic
@@ -62,10 +74,10 @@ def command(
                 for e in entries
             ]
         )
-        return
+        return int(code)
     if not entries:
         out.print(f"No backups in {catalog.backups_dir}. Make one with: ./scripts/backup.sh")
-        return
+        return int(code)
     table = Table(box=None, pad_edge=False)
     longest = max(len(e.name) + (9 if e.pinned else 0) for e in entries)
     for col in ("#", "name", "local time", "age", "size", "database", "uploads", "verified"):
@@ -99,6 +111,7 @@ def command(
         width = Measurement.get(out, out.options.update_width(1000), table).maximum
         wide = Console(file=out.file, width=max(width, out.width), highlight=False)
         wide.print(table)
+    return int(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -257,7 +257,8 @@ def push_command(
         bool, typer.Option("--no-prune", help="Do not apply retention on the targets.")
     ] = False,
     wait: Annotated[
-        float | None, typer.Option(help="Seconds to wait for a running backup or restore.")
+        float | None,
+        typer.Option(min=0, help="Seconds to wait for a running backup or restore."),
     ] = None,
 ) -> int:
     r"""Copy to each target the backups it lacks or holds incomplete, verified.
@@ -281,7 +282,7 @@ def push_command(
     }
     if not ok:
         facts["error"] = "; ".join(f"{r.label}: {r.error}" for r in reports if not r.ok)
-    warnings = reporting.finished(s, "offsite push", ok=ok, json_lines=json_out, facts=facts)
+    warnings = reporting.finished(s, "offsite push", ok=ok, facts=facts)
     failed = [e for r in reports for e in r.errors]
     code = ExitCode.OK if ok else (failed[0].exit_code if failed else ExitCode.STORAGE)
     if json_out:

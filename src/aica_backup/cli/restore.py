@@ -167,7 +167,7 @@ def command(
     identity: Annotated[
         Path | None, typer.Option(help="age identity file for encrypted archives.", dir_okay=False)
     ] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for a running backup.")] = 0,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a running backup.")] = 0,
     full_check: Annotated[
         bool,
         typer.Option(

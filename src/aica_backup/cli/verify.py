@@ -11,8 +11,9 @@ from ..catalog import Catalog
 from ..config import Settings
 from ..errors import ExitCode, UsageError
 from ..verify import verify_archive
+from . import reporting
 from .archives import identities_for, resolve_archive
-from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings
+from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings, warn
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
@@ -74,21 +75,40 @@ def command(
         for name in names:
             reports.append(verify_and_record(s, name, identity))
     failed = [r for r in reports if not r["ok"]]
+    incomplete = [r for r in reports if r["ok"] and r.get("skipped")]
     if json_out:
         emit_json({"ok": not failed, "archives": reports})
     else:
         for r in reports:
             if r["ok"]:
+                gaps = (
+                    f", INCOMPLETE: {r['skipped']} file(s) skipped at backup (unreadable)"
+                    if r.get("skipped")
+                    else ""
+                )
                 out.print(
                     f"OK      {r['archive']}  {r['members']} members, "
-                    f"{human_size(r['bytes'])}, database {r['database']}, {r['seconds']:.1f} s",
+                    f"{human_size(r['bytes'])}, database {r['database']}, {r['seconds']:.1f} s"
+                    + gaps,
                     markup=False,
                 )
             else:
                 out.print(f"FAILED  {r['archive']}  {r['problems'][0]}", markup=False)
                 for p in r["problems"][1:5]:
                     out.print(f"        {p}", markup=False)
-    return int(ExitCode.ARCHIVE if failed else ExitCode.OK)
+    for r in incomplete:
+        warn(f"{r['archive']} is incomplete: {r['skipped']} file(s) skipped at backup")
+    facts = {
+        "archives": len(reports),
+        "failed": [r["archive"] for r in failed],
+        "incomplete": [r["archive"] for r in incomplete],
+    }
+    code = ExitCode.ARCHIVE if failed else ExitCode.WARNING if incomplete else ExitCode.OK
+    for w in reporting.finished(
+        s, "verify", ok=not failed, warning=bool(incomplete), facts=facts, notify=False
+    ):
+        warn(w)
+    return int(code)
 
 
 def register(app: typer.Typer) -> None:
