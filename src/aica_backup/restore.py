@@ -135,6 +135,19 @@ def _tree(root: Path) -> dict[str, tuple[int, float]]:
     return out
 
 
+def removes_absent(comp: Component, only: frozenset[Component]) -> bool:
+    """Whether a component the archive recorded as absent takes the live one away.
+
+    Only when the operator named it with ``--only`` (a subset of the components): an archive
+    made while ``.env.production`` was missing must not delete the live file in a full
+    restore. A live database is never taken away.
+    """
+    return comp is not Component.DATABASE and comp in only and only != ALL_COMPONENTS
+
+
+ALL_COMPONENTS = frozenset(COMPONENT_ORDER)
+
+
 def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[Change]:
     """Per component: what the live state is, what the archive holds, what will happen."""
     changes: list[Change] = []
@@ -152,9 +165,12 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
         if info is None or not info.present:
             if comp is Component.DATABASE:
                 changes.append(Change(comp, "keep", current, "absent (live database kept)"))
-            else:
+            elif removes_absent(comp, only):
                 action = "remove" if live.exists() else "keep"
                 changes.append(Change(comp, action, current, "absent"))
+            else:
+                why = f"absent (live one kept; --only {comp} removes it)"
+                changes.append(Change(comp, "keep", current, why))
             continue
         staged_path = staged.root / info.path
         if comp is Component.UPLOADS:
@@ -219,8 +235,8 @@ def _items(layout: Layout, staged: Staged, work: Path, only: frozenset[Component
         info = staged.manifest.components.get(comp)
         if comp not in only:
             continue
-        if comp is Component.DATABASE and (info is None or not info.present):
-            continue  # an archive without a database never takes the live one away
+        if (info is None or not info.present) and not removes_absent(comp, only):
+            continue  # an absent component takes the live one away only when asked by name
         new = str(staged.root / info.path) if info is not None and info.present else None
         live = layout.path(comp)
         paths = appctl.database_files(live) if comp is Component.DATABASE else [live]

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..errors import AbortedError, UsageError
 from ..layout import COMPONENT_ORDER, Component, Layout
 from ..lock import exclusive_lock
-from ..restore import RestoreOptions, RestoreResult, restore
+from ..restore import RestoreOptions, RestoreResult, removes_absent, restore
 from .archives import identities_for, resolve_archive
 from .backup import backup_options
 from .common import (
@@ -87,9 +87,15 @@ def confirm(
         table.add_column(col)
     for comp in COMPONENT_ORDER:
         if comp in only:
-            table.add_row(
-                str(comp), layout.relpath(comp), _current(layout, comp), _archived(entry, comp)
-            )
+            now, then = _current(layout, comp), _archived(entry, comp)
+            if then == "absent" and now != "absent":  # item 6: say what happens to it
+                if removes_absent(comp, only):
+                    then = "absent: the live one is DELETED"
+                elif comp is Component.DATABASE:
+                    then = "absent: the live one is kept"
+                else:
+                    then = f"absent: the live one is kept (--only {comp} deletes it)"
+            table.add_row(str(comp), layout.relpath(comp), now, then)
     err.print(table)
     if yes:
         return
