@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import os
 import tomllib
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .layout import Layout, check_relative, components_overlap
 from .retention import Policy, parse_duration
 
@@ -185,7 +186,9 @@ class Settings(_Section):
     health: HealthConfig = field(default_factory=HealthConfig)
 
     root: Path = Path()  # filled in by load_settings, not a file key
-    NOT_KEYS: ClassVar[frozenset[str]] = frozenset({"root"})
+    # what the command should tell the operator without stopping (an unknown variable)
+    notes: list[str] = field(default_factory=list)
+    NOT_KEYS: ClassVar[frozenset[str]] = frozenset({"root", "notes"})
 
     def validate(self) -> None:
         layout = self.layout()
@@ -216,6 +219,24 @@ class Settings(_Section):
             backups=self._abs(self.paths.backups, self.root),
             app_name=self.app_name,
             database_optional=self.backup.database_optional,
+        )
+
+    def check_app_root(self) -> None:
+        """Raise UsageError if the root does not look like an app root and has no backups
+        folder yet: a wrong ``--root`` (a docs folder) must not get a ``backups/`` of its own,
+        after which ``list`` said "No backups" there. Called before any command touches it."""
+        layout = self.layout()
+        signs = (layout.database_path, layout.uploads_path, layout.config_path)
+        if layout.backups_dir.is_dir() or (self.root / CONFIG_FILENAME).is_file():
+            return
+        if any(p.exists() for p in signs):
+            return
+        raise UsageError(
+            f"{self.root} does not look like an app root (no {self.paths.database}, "
+            f"{self.paths.uploads}, {self.paths.config} or {CONFIG_FILENAME}): nothing was "
+            "created or changed",
+            hint="pass --root (or cd to) the app's folder; for a new app root, "
+            f"create {CONFIG_FILENAME} in it first",
         )
 
     @property
@@ -420,6 +441,7 @@ def load_settings(
     problems: list[str] = []
     doc: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
+    notes: list[str] = []
 
     path = find_config_file(root, config_file)
     if path is not None:
@@ -434,7 +456,14 @@ def load_settings(
             continue
         key = ENV_KEYS.get(name)
         if key is None:
-            problems.append(f"{name}: unknown variable (see the README's configuration table)")
+            # A warning, not an error: a stray variable in cron's or CI's environment must not
+            # stop the 03:00 backup (it did: every command exited 3).
+            close = difflib.get_close_matches(name, ENV_KEYS, n=1)
+            notes.append(
+                f"{name}: unknown variable, ignored"
+                + (f" (did you mean {close[0]}?)" if close else "")
+                + " (see the README's configuration table)"
+            )
             continue
         _set(doc, key, _env_value(key, raw))
         origin[key] = name
@@ -452,4 +481,5 @@ def load_settings(
         )
     if problems or settings is None:
         raise ConfigError(problems)
+    settings.notes = notes
     return settings

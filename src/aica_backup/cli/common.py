@@ -44,7 +44,11 @@ def settings(
     ctx: typer.Context, overrides: Mapping[tuple[str, ...], Any] | None = None
 ) -> Settings:
     g = globals_of(ctx)
-    return load_settings(g.root, config_file=g.config_file, overrides=overrides)
+    s = load_settings(g.root, config_file=g.config_file, overrides=overrides)
+    for note in s.notes:
+        warn(note)
+    s.check_app_root()  # before anything is created under a root that may be wrong
+    return s
 
 
 def emit_json(data: Any) -> None:

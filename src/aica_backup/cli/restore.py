@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,10 +13,11 @@ from rich.table import Table
 from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
 from ..config import Settings
-from ..errors import AbortedError, UsageError
+from ..errors import AbortedError, AicaBackupError, UsageError
 from ..layout import COMPONENT_ORDER, Component, Layout
 from ..lock import exclusive_lock
 from ..restore import RestoreOptions, RestoreResult, removes_absent, restore
+from . import reporting
 from .archives import identities_for, resolve_archive
 from .backup import backup_options
 from .common import (
@@ -29,6 +30,7 @@ from .common import (
     out,
     progress_bar,
     settings,
+    warn,
 )
 from .listing import contents
 
@@ -230,18 +232,30 @@ def command(
         checked_sha256="" if full_check else _checked_sha256(entry),
     )
     # The lock belongs to the backups folder, whatever the target.
-    with (
-        exclusive_lock(s.layout().meta_dir, "restore", wait),
-        progress_bar("restore", not json_out) as update,
-    ):
-        done = 0
+    facts: dict[str, Any] = {"archive": path.name, "root": str(layout.root)}
+    facts["only"] = sorted(selected) if only else "all"
+    try:
+        with (
+            exclusive_lock(s.layout().meta_dir, "restore", wait),
+            progress_bar("restore", not json_out) as update,
+        ):
+            done = 0
 
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done, 0, "unpacking and verifying")
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                update(done, 0, "unpacking and verifying")
 
-        result = restore(layout, path, options, progress=advance if update else None)
+            result = restore(layout, path, options, progress=advance if update else None)
+    except AicaBackupError as exc:  # the run log holds every restore (issue 14, item 15)
+        if not dry_run:
+            failed = {**facts, "error": str(exc)}
+            reporting.finished(s, "restore", ok=False, facts=failed, notify=False)
+        raise
+    if not dry_run:
+        facts["safety_backup"] = result.safety_backup
+        for w in reporting.finished(s, "restore", ok=True, facts=facts, notify=False):
+            warn(w)
     undo = undo_command(layout, result)
     if json_out:
         emit_json({**result.to_dict(), "undo_command": undo})
