@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import sqlite3
@@ -21,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +37,7 @@ from aica_backup.backup import create_archive
 from aica_backup.errors import ExitCode
 from aica_backup.layout import Layout
 from aica_backup.manifest import FORMAT_VERSION
-from tests.support.app import SECRET, App
+from tests.support.app import SECRET, App, make_app
 from tests.support.fs import permissions_enforced, remount_readonly, tmpfs
 
 NAME_RE = re.compile(r"^backup_(\d{8}_\d{6})(?:_(\d+))?\.tar\.gz$")
@@ -356,20 +358,25 @@ def test_unreadable_uploads_folder_is_skipped_and_recorded(app: App) -> None:
     assert leftovers(app) == []
 
 
-def test_a_deep_uploads_tree_is_walked_without_recursion(app: App) -> None:
+def test_a_deep_uploads_tree_is_walked_without_recursion() -> None:
     """Issue 14, item 9: the folder depth is the users' to choose; the listing keeps no
-    stack frame per level (a recursion limit far below the depth proves it)."""
+    stack frame per level (a recursion limit far below the depth proves it). The tree lives
+    outside pytest's temp folders: their clean-up (shutil.rmtree) recurses, and would fail
+    on it in any session that ran meanwhile."""
+    base = Path(tempfile.mkdtemp(prefix="aica-deep-"))
+    app = make_app(base / "app")
     chain = [app.uploads]
-    for _ in range(1200):  # Path.mkdir(parents=True) itself recurses
-        chain.append(chain[-1] / "d")
-        chain[-1].mkdir()
-    (chain[-1] / "leaf.txt").write_bytes(b"leaf")
     try:
+        for _ in range(1200):  # Path.mkdir(parents=True) itself recurses
+            chain.append(chain[-1] / "d")
+            chain[-1].mkdir()
+        (chain[-1] / "leaf.txt").write_bytes(b"leaf")
         _walk_deep_tree(app)
-    finally:  # bottom-up: pytest's clean-up of old temp folders (shutil.rmtree) recurses
-        (chain[-1] / "leaf.txt").unlink()
+    finally:  # bottom-up, then the rest
+        (chain[-1] / "leaf.txt").unlink(missing_ok=True)
         for folder in reversed(chain[1:]):
             folder.rmdir()
+        shutil.rmtree(base)
 
 
 def _walk_deep_tree(app: App) -> None:

@@ -138,3 +138,15 @@ def test_an_index_entry_that_cannot_be_written_still_logs_and_prunes(
     listed = as_owner(prefix, app, "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [e["name"] for e in json.loads(listed.stdout)] == [p.name for p in app.archives()][::-1]
+
+
+def test_doctor_flags_a_backups_folder_that_is_not_the_apps(
+    owned: tuple[App, list[str], int, int],
+) -> None:
+    """A backups folder root made inside the owner's app (an older version's first run
+    under sudo): the owner cannot create anything in it; doctor says so."""
+    app, prefix, _uid, _gid = owned
+    app.backups.mkdir(mode=0o700)  # as root
+    doctor = as_owner(prefix, app, "doctor", "--json")
+    [finding] = [f for f in json.loads(doctor.stdout)["findings"] if f["code"] == "backups-owner"]
+    assert "1 files" in finding["diagnosis"] and "backups" in finding["diagnosis"]

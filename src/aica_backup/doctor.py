@@ -9,6 +9,7 @@ only diagnosed: recreating or restoring it is the operator's decision.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sqlite3
@@ -46,7 +47,10 @@ def _mode(path: Path) -> int:
 
 def check_backups(layout: Layout, max_age_hours: float) -> list[Finding]:
     catalog = Catalog(layout.backups_dir)
-    entries = [catalog.entry(n, read_missing=False) for n in catalog.names(("backup",))]
+    try:
+        entries = [catalog.entry(n, read_missing=False) for n in catalog.names(("backup",))]
+    except OSError:  # a folder this user may not read: check_ownership names it
+        return []
     if not entries:
         return [
             Finding(
@@ -205,7 +209,8 @@ def check_permissions(layout: Layout, fix: bool) -> list[Finding]:
     wanted: list[tuple[Path, int]] = []
     if layout.backups_dir.is_dir():
         wanted.append((layout.backups_dir, 0o700))
-        wanted += [(p, 0o600) for p in layout.backups_dir.iterdir() if p.is_file()]
+        with contextlib.suppress(OSError):  # unreadable: check_ownership names it
+            wanted += [(p, 0o600) for p in layout.backups_dir.iterdir() if p.is_file()]
     if layout.config_path.is_file():
         wanted.append((layout.config_path, 0o600))
     for path, mode in wanted:
@@ -235,6 +240,11 @@ def check_ownership(layout: Layout) -> list[Finding]:
     except OSError:
         return []
     bad: list[str] = []
+    with contextlib.suppress(OSError):  # inside the app root, it should be the app's
+        app = layout.root.stat()
+        if layout.root in top.parents and app.st_uid != owner.st_uid:
+            bad.append(str(top.relative_to(top.parent)))
+            owner = app
     stack = [top]
     while stack:  # iterative: bounded by the folder's entries, not its depth
         folder = stack.pop()
@@ -249,18 +259,19 @@ def check_ownership(layout: Layout) -> list[Finding]:
             except OSError:
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
-            need = (stat.S_IRWXU) if is_dir else stat.S_IRUSR | stat.S_IWUSR
+            need = stat.S_IRWXU if is_dir else stat.S_IRUSR | stat.S_IWUSR
             if st.st_uid != owner.st_uid or (st.st_mode & need) != need:
                 bad.append(str(Path(e.path).relative_to(top.parent)))
             if is_dir:
                 stack.append(Path(e.path))
+    bad = sorted(set(bad))  # a folder can be both foreign and unreadable
     if not bad:
         return []
     try:
         who = f"{pwd.getpwuid(owner.st_uid).pw_name} (uid {owner.st_uid})"
     except KeyError:
         who = f"uid {owner.st_uid}"
-    shown = ", ".join(sorted(bad)[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     return [
         Finding(
             "backups-owner",

@@ -75,7 +75,10 @@ def run_backup_job(
     verification, retention, an offsite copy) stops the rest of the job: every step runs,
     each problem goes into ``report["problems"]``, and the exit code says the worst.
     A failed verification is an error (the new archive is not good: retention does not
-    count it); any other problem is a warning (exit 1): the backup is there.
+    count it); a step that could not run (no space to verify, an archive retention could not
+    delete) exits with its own code; a problem of the archive's bookkeeping (its index
+    entry, a component gone since the last backup, skipped uploads, an offsite copy) is a
+    warning (exit 1): the backup is there.
     """
     layout = s.layout()
     report: dict[str, Any] = {"ok": True}
@@ -102,7 +105,7 @@ def run_backup_job(
                     code = ExitCode.ERROR
             except AicaBackupError as exc:  # could not check it (space, key): not its fault
                 problems.append(f"archive {result.name} could not be verified: {exc}")
-                code = max(code, ExitCode.WARNING)
+                code = max(code, exc.exit_code)
         if apply_retention:
             try:
                 decision = prune(
@@ -111,7 +114,7 @@ def run_backup_job(
                 report["pruned"] = [c.name for c in decision.remove]
             except AicaBackupError as exc:
                 problems.append(f"retention failed: {exc}")
-                code = max(code, ExitCode.WARNING)
+                code = max(code, exc.exit_code)
         if offsite and s.offsite.targets:
             from .offsite import push_after_backup
 
