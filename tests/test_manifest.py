@@ -290,3 +290,40 @@ def test_unknown_extra_fields_are_tolerated() -> None:
 )
 def test_safe_member_path(name: str, expected: str | None) -> None:
     assert safe_member_path(name) == expected
+
+
+# -- the optional list of skipped uploads (issue 14, item 7) --------------------------------
+
+
+def test_skipped_uploads_round_trip_and_count_in_the_summary() -> None:
+    doc = _valid_doc()
+    assert "skipped" not in doc  # a complete backup's manifest is as before
+    assert _parse(doc).skipped == []
+    skipped = [
+        {"path": f"{UPLOADS}/locked", "error": "Permission denied"},
+        {"path": f"{UPLOADS}/秘密.png", "error": "Permission denied"},
+    ]
+    doc["skipped"] = skipped
+    m = _parse(doc)
+    assert m.skipped == skipped and m.summary()["skipped"] == 2
+    assert json.loads(m.to_json())["skipped"] == skipped
+
+
+@pytest.mark.parametrize(
+    "skipped",
+    [
+        {"path": f"{UPLOADS}/x", "error": "e"},  # not a list
+        [{"path": f"{UPLOADS}/x"}],  # no error
+        [{"path": "backend/aica_sys.db", "error": "e"}],  # outside the uploads
+        [{"path": f"{UPLOADS}/../../etc/passwd", "error": "e"}],  # unsafe
+        [{"path": f"{UPLOADS}/a.txt", "error": "e"}],  # also a member
+        [{"path": f"{UPLOADS}/x", "error": "e"}] * 2,  # twice
+    ],
+    ids=["not a list", "no error", "outside", "unsafe", "a member", "twice"],
+)
+def test_a_skipped_list_that_disagrees_is_refused(skipped: Any) -> None:
+    doc = _valid_doc()
+    doc["skipped"] = skipped
+    with pytest.raises(ArchiveError) as info:
+        _parse(doc)
+    assert info.value.exit_code == ExitCode.ARCHIVE
