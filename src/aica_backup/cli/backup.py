@@ -118,7 +118,12 @@ def run_backup_job(
         if offsite and s.offsite.targets:
             from .offsite import push_after_backup
 
-            copies = push_after_backup(s, result)
+            try:
+                copies = push_after_backup(s, result)
+            except AicaBackupError as exc:  # none could start (a key, the settings)
+                problems.append(f"offsite copies failed: {exc}")
+                code = max(code, exc.exit_code)
+                copies = []
             report["offsite"] = copies
             failed = [c for c in copies if not c["ok"]]
             if failed:
