@@ -9,6 +9,7 @@ only diagnosed: recreating or restoring it is the operator's decision.
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 import stat
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from .appctl import database_files, describe
 from .catalog import Catalog
 from .holders import find_holders
 from .layout import Layout
+from .leftovers import scan
 from .snapshot import connect_existing, open_snapshot
 
 ERROR = "error"
@@ -222,10 +224,38 @@ def check_permissions(layout: Layout, fix: bool) -> list[Finding]:
     return findings
 
 
+def check_leftovers(layout: Layout) -> list[Finding]:
+    """What interrupted restores left that the start-up cleanup could not remove."""
+    findings: list[Finding] = []
+    for item in scan(layout.restore_dir):
+        if item.owner is not None:
+            findings.append(
+                Finding(
+                    "restore-running",
+                    INFO,
+                    f"a restore by pid {item.owner} is running ({item.kind} {item.path})",
+                    "nothing to do: it is removed when that restore ends",
+                )
+            )
+            continue
+        what = "a copy of the app, secrets included" if item.kind == "staging" else "a temp file"
+        findings.append(
+            Finding(
+                "restore-leftover",
+                WARNING,
+                f"{item.path} was left by an interrupted restore ({what}) and could not be "
+                "removed",
+                f"check its owner and permissions, then: rm -rf {shlex.quote(str(item.path))}",
+            )
+        )
+    return findings
+
+
 def diagnose(layout: Layout, *, max_age_hours: float = 26, fix: bool = False) -> list[Finding]:
     """Every finding for this app, fixing the safe ones when asked."""
     return (
         check_database(layout, fix)
         + check_backups(layout, max_age_hours)
         + check_permissions(layout, fix)
+        + check_leftovers(layout)
     )

@@ -38,6 +38,7 @@ from .fsutil import (
 )
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
+from .leftovers import staging_folder, staging_name
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, stage
@@ -192,8 +193,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
 def _work_dir(layout: Layout) -> Path:
     ensure_private_dir(layout.restore_dir)
     spread_subfolders(layout.restore_dir)  # staging away from the live files' block group
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return layout.restore_dir / f"{stamp}-{os.getpid()}"
+    return layout.restore_dir / staging_name()
 
 
 def _preflight(layout: Layout, archive: Path, only: frozenset[Component]) -> None:
@@ -283,15 +283,24 @@ def restore(
     progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
     """Restore ``archive`` into ``layout``; on failure the live state is exactly as before."""
-    timings: dict[str, float] = {}
     _preflight(layout, archive, options.only)
     if not options.dry_run and not options.stop_command:
         appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
+    # Held by this process while it lives: the next command removes it only once it is dead.
+    with staging_folder(_work_dir(layout)) as work:
+        return _transaction(layout, archive, options, work, progress)
 
-    work = _work_dir(layout)
+
+def _transaction(
+    layout: Layout,
+    archive: Path,
+    options: RestoreOptions,
+    work: Path,
+    progress: Callable[[int], None] | None,
+) -> RestoreResult:
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
-        work.mkdir(mode=0o700)
         staged = stage(
             archive,
             work / "new",
@@ -302,6 +311,7 @@ def restore(
             checked_sha256=options.checked_sha256,
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
+        crashpoint("staged")
         staged.raise_if_bad()
         if staged.manifest.app_name != layout.app_name:
             raise ArchiveError(
@@ -346,6 +356,7 @@ def restore(
         t0 = time.perf_counter()
         safety = _safety_backup(layout, options)
         timings["safety_backup"] = time.perf_counter() - t0
+        crashpoint("safety-made")
     except BaseException:
         _discard(work)
         if stopped:
