@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -561,6 +562,57 @@ def test_restore_refuses_while_a_process_holds_the_database(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_running_app_is_reported_before_any_question(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    """Without stop/start commands a held database makes restore refuse: on a terminal it
+    says so at once, before the operator picks a backup and types yes, and stages nothing."""
+    app, _, _, state_b = ab
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM notes').fetchall()\n"
+            "print('ready', flush=True); time.sleep(60)\n",
+            str(app.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "restore"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    screen = b""
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and b"?" not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):
+                    screen += os.read(master, 4096)
+        text = screen.decode(errors="replace")
+        assert "Restore which backup" not in text and "[yes/no]" not in text, text
+        assert proc.wait(timeout=30) == 9
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid}" in text
+    assert fingerprint(app) == state_b
+    assert not (app.root / ".aica-restore").exists()
+    assert not app.archives("pre-restore_*")
 
 
 def test_a_verified_database_is_not_fully_checked_again(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..appctl import refuse_if_held
 from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
 from ..config import Settings
@@ -187,6 +188,9 @@ def command(
     if target is not None:
         layout = layout.with_root(target.absolute())
     selected = frozenset(only) if only else frozenset(COMPONENT_ORDER)
+    if not dry_run and not (use_app_hooks and s.restore.stop_command):
+        # Restore would refuse later for the same reason: say it before any question.
+        refuse_if_held(layout.database_path)
     catalog = Catalog(s.layout().backups_dir)
     interactive = is_terminal() and not yes and not json_out
 
