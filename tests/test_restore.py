@@ -407,10 +407,51 @@ def test_no_or_eof_at_the_prompt_changes_nothing(
     ab: tuple[App, Path, dict[str, object], dict[str, object]], answer: bytes | None
 ) -> None:
     app, archive, _, state_b = ab
-    code, _screen = _restore_on_a_terminal(app, archive, answer)
+    code, screen = _restore_on_a_terminal(app, archive, answer)
     assert code == 8
     assert fingerprint(app) == state_b
     assert not app.archives("pre-restore_*")
+    assert not leftovers(app)
+    # Before the question: which live files go, largest first, and how much in all.
+    question = screen[: screen.index("[yes/no]")]
+    assert "deleted" in question and "public/uploads/new-in-b.bin" in question
+    assert "replaced" in question and "public/uploads/avatars/alice.png" in question
+    assert "will be replaced or deleted" in question
+    lines = question.splitlines()
+    first = next(i for i, line in enumerate(lines) if "new-in-b.bin" in line)
+    assert "alice.png" in "".join(lines[first + 1 :])  # 5,000 bytes before 12
+
+
+def test_an_identical_tree_shows_no_change(app: App) -> None:
+    """The comparison is by content against the manifest, not by file times: right after a
+    backup, and after an exact restore, a dry run shows nothing to change; one file whose
+    bytes differ (same size, other time) shows as the one change."""
+    app.run("backup")
+    archive = app.archives()[-1]
+
+    def uploads_change() -> dict[str, Any]:
+        report = json.loads(app.run("restore", str(archive), "--dry-run", "--json").stdout)
+        return next(c for c in report["changes"] if c["component"] == "uploads")
+
+    files = len(app.uploads_tree())
+
+    def assert_no_change() -> None:
+        got = uploads_change()
+        assert (got["added"], got["changed"], got["removed"]) == (0, 0, 0), got
+        assert (got["unchanged"], got["bytes_replaced"], got["largest"]) == (files, 0, []), got
+
+    assert_no_change()
+    app.run("restore", str(archive), "--yes")
+    assert_no_change()
+    alice = app.uploads / "avatars" / "alice.png"
+    data = bytearray(alice.read_bytes())
+    data[0] ^= 0xFF
+    alice.write_bytes(bytes(data))
+    change = uploads_change()
+    assert (change["changed"], change["unchanged"]) == (1, files - 1)
+    assert change["largest"] == [
+        {"path": "public/uploads/avatars/alice.png", "size": len(data), "action": "replaced"}
+    ]
 
 
 def test_yes_at_the_prompt_restores(

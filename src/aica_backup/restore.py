@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 from . import appctl
 from .backup import BackupOptions, create_archive
-from .catalog import Catalog, prune
+from .catalog import Catalog, prune, sha256_file
 from .errors import AicaBackupError, ArchiveError, RolledBackError, StorageError
 from .fsutil import (
     check_writable_dir,
@@ -39,9 +40,13 @@ from .fsutil import (
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
 from .leftovers import staging_folder, staging_name
+from .manifest import Member
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, stage
+
+# How many of the files a restore replaces or deletes the confirm screen names, largest first.
+LARGEST = 10
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Change:
     current: str
     archive: str
     details: dict[str, int] = field(default_factory=dict)
+    # The largest live files this replaces or deletes: (path from the app root, size, which).
+    largest: list[tuple[str, int, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +85,7 @@ class Change:
             "current": self.current,
             "archive": self.archive,
             **self.details,
+            "largest": [{"path": p, "size": n, "action": a} for p, n, a in self.largest],
         }
 
 
@@ -118,26 +126,49 @@ def _describe_file(path: Path) -> str:
     return f"{st.st_size:,} bytes, modified {stamp}"
 
 
-def _tree(root: Path) -> dict[str, tuple[int, float]]:
-    """Relative path → (size, mtime) of every file under ``root`` (links not followed)."""
-    out: dict[str, tuple[int, float]] = {}
+def _tree(root: Path) -> dict[str, os.stat_result]:
+    """Relative path → lstat of every non-folder under ``root`` (links not followed).
 
-    def walk(folder: str, prefix: str) -> None:
+    Iterative: the depth of an uploads tree is the users' to choose.
+    """
+    out: dict[str, os.stat_result] = {}
+    if not root.is_dir():
+        return out
+    pending = [(str(root), "")]
+    while pending:
+        folder, prefix = pending.pop()
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
-                    walk(e.path, f"{prefix}{e.name}/")
+                    pending.append((e.path, f"{prefix}{e.name}/"))
                 else:
-                    st = e.stat(follow_symlinks=False)
-                    out[prefix + e.name] = (st.st_size, st.st_mtime)
-
-    if root.is_dir():
-        walk(str(root), "")
+                    out[prefix + e.name] = e.stat(follow_symlinks=False)
     return out
 
 
+def _same_content(path: Path, st: os.stat_result, member: Member) -> bool:
+    """Whether the live file holds the archived bytes: the size first, then the SHA-256
+    (skipped when size and modification time both match, as rsync and restic do)."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size != member.size:
+        return False
+    if abs(st.st_mtime_ns - member.mtime * 1e9) < 1000:  # a float's precision, ~0.2 µs
+        return True
+    try:
+        return sha256_file(path) == member.sha256
+    except OSError:
+        return False  # unreadable: it is replaced all the same
+
+
+def _largest(files: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    return sorted(files, key=lambda f: (-f[1], f[0]))[:LARGEST]
+
+
 def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[Change]:
-    """Per component: what the live state is, what the archive holds, what will happen."""
+    """Per component: what the live state is, what the archive holds, what will happen.
+
+    Uploads are compared by content against the manifest (size and SHA-256 of every member),
+    so an identical tree shows no change, whatever the file times of the staged copy.
+    """
     changes: list[Change] = []
     for comp in COMPONENT_ORDER:
         info = staged.manifest.components.get(comp)
@@ -159,13 +190,32 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
             continue
         staged_path = staged.root / info.path
         if comp is Component.UPLOADS:
-            archived = _tree(staged_path)
-            added = len(archived.keys() - current_tree.keys())
-            removed = len(current_tree.keys() - archived.keys())
-            changed = sum(
-                1 for k in archived.keys() & current_tree.keys() if archived[k] != current_tree[k]
-            )
-            details = {"added": added, "changed": changed, "removed": removed}
+            top = info.path + "/"
+            archived = {
+                m.path[len(top) :]: m for m in staged.manifest.files() if m.path.startswith(top)
+            }
+            touched: list[tuple[str, int, str]] = []  # (path, live size, replaced|deleted)
+            added = changed = 0
+            for rel, member in archived.items():
+                st = current_tree.get(rel)
+                if st is None:
+                    added += 1
+                elif not _same_content(live / rel, st, member):
+                    changed += 1
+                    touched.append((f"{layout.relpath(comp)}/{rel}", st.st_size, "replaced"))
+            removed = [
+                (f"{layout.relpath(comp)}/{rel}", st.st_size, "deleted")
+                for rel, st in current_tree.items()
+                if rel not in archived
+            ]
+            touched += removed
+            details = {
+                "added": added,
+                "changed": changed,
+                "removed": len(removed),
+                "unchanged": len(archived) - added - changed,
+                "bytes_replaced": sum(t[1] for t in touched),
+            }
             changes.append(
                 Change(
                     comp,
@@ -173,15 +223,19 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                     current,
                     f"{len(archived):,} files",
                     details,
+                    _largest(touched),
                 )
             )
         else:
+            size = live.stat().st_size if live.is_file() else None
+            replaced = [(layout.relpath(comp), size, "replaced")] if size is not None else []
             changes.append(
                 Change(
                     comp,
                     "replace" if live.exists() else "create",
                     current,
                     _describe_file(staged_path),
+                    largest=replaced,
                 )
             )
     return changes
@@ -281,14 +335,20 @@ def restore(
     options: RestoreOptions = RestoreOptions(),
     *,
     progress: Callable[[int], None] | None = None,
+    confirm: Callable[[list[Change]], None] | None = None,
 ) -> RestoreResult:
-    """Restore ``archive`` into ``layout``; on failure the live state is exactly as before."""
+    """Restore ``archive`` into ``layout``; on failure the live state is exactly as before.
+
+    ``confirm(changes)`` is called once the archive is staged and verified and the difference
+    with the live state is known, before anything live is touched; raising from it cancels
+    the restore (nothing changed, the staging removed). Not called for a dry run.
+    """
     _preflight(layout, archive, options.only)
     if not options.dry_run and not options.stop_command:
         appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
     # Held by this process while it lives: the next command removes it only once it is dead.
     with staging_folder(_work_dir(layout)) as work:
-        return _transaction(layout, archive, options, work, progress)
+        return _transaction(layout, archive, options, work, progress, confirm)
 
 
 def _transaction(
@@ -297,6 +357,7 @@ def _transaction(
     options: RestoreOptions,
     work: Path,
     progress: Callable[[int], None] | None,
+    confirm: Callable[[list[Change]], None] | None,
 ) -> RestoreResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -330,6 +391,8 @@ def _transaction(
                 timings=timings,
                 database_check=staged.db_check,
             )
+        if confirm is not None:
+            confirm(changes)
         paths = [info.path for info in staged.manifest.components.values() if info.present]
         config_info = staged.manifest.components.get(Component.CONFIG)
         apply_metadata(staged, paths, private=[config_info.path] if config_info else [])
