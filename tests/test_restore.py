@@ -343,9 +343,12 @@ def test_staging_named_after_a_reused_pid_is_removed(app: App) -> None:
         gone = restore_dir / "20200101T000000-4194304"  # above any pid_max
         gone.mkdir()
         (restore_dir / ".tmp-journal.json.4194304").write_bytes(b"{")
+        uploads = app.uploads_tree()
+        (restore_dir / "20200101T000000-4194305").symlink_to(app.uploads)  # only the link goes
         nxt = app.run("list")
         assert "interrupted restore" in nxt.stderr
         assert not restore_dir.exists()
+        assert app.uploads_tree() == uploads
     finally:
         sleeper.kill()
         sleeper.wait()

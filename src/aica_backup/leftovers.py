@@ -100,6 +100,10 @@ def _staging_held(path: Path) -> bool | None:
     return False
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def scan(restore_dir: Path) -> list[Leftover]:
     """The staging folders and temp files in ``restore_dir``, each with its live owner if any.
 
@@ -119,13 +123,16 @@ def scan(restore_dir: Path) -> list[Leftover]:
             return []
     found: list[Leftover] = []
     for path in entries:
-        if path.name.startswith(TMP_PREFIX) and not path.is_dir():
+        if path.name.startswith(TMP_PREFIX) and not _real_dir(path):
             suffix = path.name.rpartition(".")[2]  # atomic_file names its temp file NAME.<pid>
             owner = int(suffix) if suffix.isdigit() and _alive(int(suffix)) else None
             found.append(Leftover(path, "temp file", owner))
             continue
         m = _STAGING.fullmatch(path.name)
         if m is None or str(path) in protected:
+            continue
+        if not _real_dir(path):  # a link or a file: never made by a restore, unlinked alone
+            found.append(Leftover(path, "temp file", None))
             continue
         held = _staging_held(path)
         if held is None:
