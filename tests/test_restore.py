@@ -354,6 +354,30 @@ def test_staging_named_after_a_reused_pid_is_removed(app: App) -> None:
         sleeper.wait()
 
 
+@pytest.mark.parametrize("point", ["staged", "swap-1-parked"])
+def test_a_killed_test_restore_is_finished_by_the_next_one(
+    app: App, tmp_path: Path, point: str
+) -> None:
+    """A restore --target killed at any point: the next restore into that folder first rolls
+    back or cleans up what the killed one left, then restores; never a mix."""
+    app.run("backup")
+    state_a = fingerprint(app)
+    target = App(tmp_path / "test-restore")
+    app.run("restore", "--yes", "--target", str(target.root))
+    assert fingerprint(target) == state_a
+    make_state_b(app)
+    app.run("backup")
+    state_b, archive_b = fingerprint(app), app.archives()[-1]
+    env = {**os.environ, CRASH_ENV: point}
+    cmd = ("restore", str(archive_b), "--yes", "--target", str(target.root))
+    assert app.run(*cmd, check=False, env=env).returncode == -9
+    assert leftovers(target)
+    nxt = app.run(*cmd)
+    assert "interrupted restore" in nxt.stderr
+    assert not leftovers(target)
+    assert fingerprint(target) == state_b
+
+
 def test_recover_command_with_nothing_to_do(app: App) -> None:
     proc = app.run("recover")
     assert "Nothing to recover" in proc.stdout

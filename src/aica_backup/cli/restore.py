@@ -16,7 +16,9 @@ from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
 from ..config import Settings
 from ..errors import AbortedError, UsageError
+from ..journal import recover
 from ..layout import COMPONENT_ORDER, Component, Layout
+from ..leftovers import release_empty_wal, remove_dead
 from ..lock import exclusive_lock
 from ..restore import LARGEST, Change, RestoreOptions, RestoreResult, restore
 from .archives import identities_for, resolve_archive
@@ -31,6 +33,7 @@ from .common import (
     out,
     progress_bar,
     settings,
+    warn,
 )
 from .listing import contents
 
@@ -224,6 +227,8 @@ def command(
     )
     # The lock belongs to the backups folder, whatever the target.
     with exclusive_lock(s.layout().meta_dir, "restore", wait), contextlib.ExitStack() as bar:
+        if target is not None:  # no other command looks into a target: this one tidies it
+            _finish_interrupted(layout)
         update = bar.enter_context(progress_bar("restore", not json_out))
         done = 0
 
@@ -253,6 +258,18 @@ def command(
             "Next: restart the backend (cd backend && python3 -m uvicorn main:app) and "
             "check it (curl http://localhost:8000/health)."
         )
+
+
+def _finish_interrupted(layout: Layout) -> None:
+    """Roll back or complete a restore into ``layout`` that was killed, remove what it left."""
+    done = recover(layout.restore_dir)
+    if done is not None:
+        warn(f"an interrupted restore of {done[1].archive} was found and {done[0]}")
+    names = [item.path.name for item in remove_dead(layout.restore_dir)[0]]
+    if release_empty_wal(layout.database_path):
+        names.append(f"{layout.database_path.name}-wal")
+    if names:
+        warn(f"removed what an interrupted restore left: {', '.join(names)}")
 
 
 def _checked_sha256(entry: ArchiveEntry | None) -> str:
