@@ -508,6 +508,21 @@ def test_dry_run_changes_nothing(
     assert not (app.root / ".aica-restore").exists()
 
 
+def test_a_component_the_restore_deletes_is_named(app: App) -> None:
+    """The archive has no config: restoring only the config deletes the live file, and the
+    report names it among the files that go."""
+    app.env.unlink()
+    app.run("backup")
+    app.env.write_text("API_SECRET=added-later\n")
+    cmd = ("restore", str(app.archives()[-1]), "--only", "config", "--dry-run", "--json")
+    report = json.loads(app.run(*cmd).stdout)
+    config = next(c for c in report["changes"] if c["component"] == "config")
+    assert config["action"] == "remove"
+    assert config["largest"] == [
+        {"path": ".env.production", "size": len("API_SECRET=added-later\n"), "action": "deleted"}
+    ]
+
+
 def test_only_uploads(ab: tuple[App, Path, dict[str, object], dict[str, object]]) -> None:
     app, archive, state_a, state_b = ab
     app.run("restore", str(archive), "--yes", "--only", "uploads")

@@ -163,6 +163,19 @@ def _largest(files: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     return sorted(files, key=lambda f: (-f[1], f[0]))[:LARGEST]
 
 
+def _deleted(
+    layout: Layout, comp: Component, tree: dict[str, os.stat_result]
+) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
+    """Details and largest files of a component that the restore deletes as a whole."""
+    top = layout.relpath(comp)
+    if comp is not Component.UPLOADS:
+        size = layout.path(comp).lstat().st_size
+        return {}, [(top, size, "deleted")]
+    gone = [(f"{top}/{rel}", st.st_size, "deleted") for rel, st in tree.items()]
+    details = {"added": 0, "changed": 0, "removed": len(gone), "unchanged": 0}
+    return {**details, "bytes_replaced": sum(g[1] for g in gone)}, _largest(gone)
+
+
 def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[Change]:
     """Per component: what the live state is, what the archive holds, what will happen.
 
@@ -173,6 +186,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
     for comp in COMPONENT_ORDER:
         info = staged.manifest.components.get(comp)
         live = layout.path(comp)
+        current_tree: dict[str, os.stat_result] = {}
         if comp is Component.UPLOADS:
             current_tree = _tree(live)
             current = f"{len(current_tree):,} files" if live.is_dir() else "absent"
@@ -186,7 +200,8 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 changes.append(Change(comp, "keep", current, "absent (live database kept)"))
             else:
                 action = "remove" if live.exists() else "keep"
-                changes.append(Change(comp, action, current, "absent"))
+                details, gone = _deleted(layout, comp, current_tree) if live.exists() else ({}, [])
+                changes.append(Change(comp, action, current, "absent", details, gone))
             continue
         staged_path = staged.root / info.path
         if comp is Component.UPLOADS:

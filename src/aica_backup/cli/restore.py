@@ -70,7 +70,7 @@ def _what(change: Change) -> str:
 
 
 def confirm(layout: Layout, archive: Path, changes: list[Change], yes: bool) -> None:
-    """Step 3, once the archive is staged and verified: what will change, then yes/no.
+    """Step 5, once the archive is staged and verified: what will change, then yes/no.
 
     Names the live files that will be replaced or deleted (the largest, and the total), so
     the operator knows what the safety backup is about to be the only copy of.
