@@ -457,13 +457,21 @@ def test_no_or_eof_at_the_prompt_changes_nothing(
 def test_an_identical_tree_shows_no_change(app: App) -> None:
     """The comparison is by content against the manifest, not by file times: right after a
     backup, and after an exact restore, a dry run shows nothing to change; one file whose
-    bytes differ (same size, other time) shows as the one change."""
+    bytes differ (same size, other time) shows as the one change. What the backup holds is
+    described with the backup's own file times, not the unpack time."""
+    os.utime(app.env, (1_600_000_000, 1_600_000_000))  # September 2020
     app.run("backup")
     archive = app.archives()[-1]
 
-    def uploads_change() -> dict[str, Any]:
+    def changes() -> dict[str, dict[str, Any]]:
         report = json.loads(app.run("restore", str(archive), "--dry-run", "--json").stdout)
-        return next(c for c in report["changes"] if c["component"] == "uploads")
+        return {c["component"]: c for c in report["changes"]}
+
+    def uploads_change() -> dict[str, Any]:
+        return changes()["uploads"]
+
+    config = changes()["config"]
+    assert "modified 2020-09-1" in config["archive"] and config["archive"] == config["current"]
 
     files = len(app.uploads_tree())
 

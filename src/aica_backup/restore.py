@@ -122,8 +122,12 @@ def _describe_file(path: Path) -> str:
         st = path.stat()
     except FileNotFoundError:
         return "absent"
-    stamp = datetime.fromtimestamp(st.st_mtime, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
-    return f"{st.st_size:,} bytes, modified {stamp}"
+    return _described(st.st_size, st.st_mtime)
+
+
+def _described(size: int, mtime: float) -> str:
+    stamp = datetime.fromtimestamp(mtime, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+    return f"{size:,} bytes, modified {stamp}"
 
 
 def _tree(root: Path) -> dict[str, os.stat_result]:
@@ -203,7 +207,6 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 details, gone = _deleted(layout, comp, current_tree) if live.exists() else ({}, [])
                 changes.append(Change(comp, action, current, "absent", details, gone))
             continue
-        staged_path = staged.root / info.path
         if comp is Component.UPLOADS:
             top = info.path + "/"
             archived = {
@@ -242,6 +245,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 )
             )
         else:
+            record = staged.manifest.member(info.path)
             size = live.stat().st_size if live.is_file() else None
             replaced = [(layout.relpath(comp), size, "replaced")] if size is not None else []
             changes.append(
@@ -249,7 +253,8 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                     comp,
                     "replace" if live.exists() else "create",
                     current,
-                    _describe_file(staged_path),
+                    # The manifest's record: the staged copy has the unpack time until the swap.
+                    _described(record.size, record.mtime) if record else "absent",
                     largest=replaced,
                 )
             )
