@@ -32,9 +32,11 @@ CRASH_POINTS = [
     "safety-made",
     "journal-prepared-writing",
     "journal-saved",
+    "journal-swapping-writing",
     *[f"swap-{i}-{what}" for i in range(6) for what in ("parked", "placed")],
     "swapped",
     "checked",
+    "journal-committed-writing",  # not renamed into place yet: still "swapping", rolled back
     "committed",
 ]
 
