@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.support.app import App
+from tests.support.fs import permissions_enforced
 from tests.test_restore import kill_writer_leaving_wal
 
 
@@ -100,3 +101,24 @@ def test_missing_and_corrupt_database(app: App) -> None:
     assert "database-unreadable" in found or "database-corrupt" in found
     conn = sqlite3.connect(app.db.with_name("elsewhere.db"))
     conn.close()
+
+
+def test_a_restore_leftover_that_cannot_be_removed_is_reported(app: App) -> None:
+    """Every command removes a dead restore's staging first; what it cannot remove (here a
+    folder its user may not empty), doctor names, with the command that removes it."""
+    app.run("backup")
+    preexec = permissions_enforced()
+    staging = app.root / ".aica-restore" / "20200101T000000-4194304"  # a pid above pid_max
+    (staging / "new").mkdir(parents=True)
+    (staging / "new" / ".env.production").write_text("API_SECRET=x\n")
+    (staging / "new").chmod(0o500)
+    try:
+        proc = app.run("doctor", "--json", check=False, preexec_fn=preexec)
+        found = {f["code"]: f for f in json.loads(proc.stdout)["findings"]}
+        assert proc.returncode == 1, proc.stdout
+        assert str(staging) in str(found["restore-leftover"]["diagnosis"])
+        assert f"rm -rf {staging}" in str(found["restore-leftover"]["fix"])
+    finally:
+        (staging / "new").chmod(0o700)
+    app.run("list")  # removable again: gone
+    assert not (app.root / ".aica-restore").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -9,6 +10,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,10 +25,18 @@ from aica_backup.journal import CRASH_ENV
 from tests.support.app import SECRET, App, make_app
 
 CRASH_POINTS = [
+    # Before the journal exists: staging, the safety backup's snapshot (the live database
+    # open), the journal's own temp file.
+    "staged",
+    "snapshot-open",
+    "safety-made",
+    "journal-prepared-writing",
     "journal-saved",
+    "journal-swapping-writing",
     *[f"swap-{i}-{what}" for i in range(6) for what in ("parked", "placed")],
     "swapped",
     "checked",
+    "journal-committed-writing",  # not renamed into place yet: still "swapping", rolled back
     "committed",
 ]
 
@@ -138,25 +148,241 @@ def test_restore_latest_by_default_through_the_script(app: App, tmp_path: Path) 
     assert fingerprint(app) == state_a
 
 
+def sidecars(app: App) -> set[str]:
+    """The SQLite side files beside the live database."""
+    side = ("-wal", "-shm", "-journal")
+    return {p.name for p in app.db.parent.iterdir() if p.name.endswith(side)}
+
+
+def leftovers(app: App) -> list[str]:
+    """What a killed run could leave in the app: staging, journal, temp files of any kind."""
+    found = [str(p) for p in app.root.rglob(".tmp-*")]
+    if (app.root / ".aica-restore").exists():
+        found += [str(p) for p in (app.root / ".aica-restore").iterdir()] or [".aica-restore"]
+    return found
+
+
+def assert_old_or_new_and_clean(
+    app: App, before: dict[str, object], after: dict[str, object], side: set[str], what: str
+) -> None:
+    """After a kill and the next command: exactly one of the two states, nothing left over,
+    no SQLite side file that was not there before, and a sound database."""
+    side_now = sidecars(app)  # first: reading the database (read-only) may add its own
+    now = fingerprint(app)
+    assert now in (before, after), f"{what} left a mix"
+    assert not leftovers(app), f"{what} left {leftovers(app)}"
+    # The restored database comes without side files; the old one keeps only its own.
+    assert side_now <= (side if now == before else set()), f"{what}: {side_now}"
+    conn = sqlite3.connect(f"file:{app.db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_at_every_step_leaves_a_or_b(
     ab: tuple[App, Path, dict[str, object], dict[str, object]], point: str
 ) -> None:
     app, archive, state_a, state_b = ab
+    side = sidecars(app)
     env = {**os.environ, CRASH_ENV: point}
     proc = app.run("restore", str(archive), "--yes", check=False, env=env)
     assert proc.returncode == -9, proc.stderr
-    # The next command, whatever it is, finishes or rolls back the interrupted restore.
+    assert leftovers(app)  # the kill did leave something for the next command
+    # The next command, whatever it is, finishes or rolls back the interrupted restore and
+    # removes what it left.
     nxt = app.run("list")
     assert "interrupted restore" in nxt.stderr
-    now = fingerprint(app)
+    assert_old_or_new_and_clean(app, state_b, state_a, side, f"crash at {point}")
     expected = state_a if point == "committed" else state_b
-    assert now == expected, f"crash at {point} left a mix"
-    assert not (app.root / ".aica-restore").exists()
-    conn = sqlite3.connect(app.db)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.close()
+    assert fingerprint(app) == expected, f"crash at {point} left a mix"
+
+
+NEXT_COMMANDS = [("list",), ("recover",), ("doctor",), ("backup",), ("verify", "--all")]
+
+
+def _restore_process(app: App, archive: Path) -> subprocess.Popen[bytes]:
+    cmd = ["restore", str(archive), "--yes"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> float:
+    """Poll until ``path`` exists (or the process ended); the monotonic time it was seen."""
+    while not path.exists() and proc.poll() is None:
+        time.sleep(0.0005)
+    return time.monotonic()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_leaves_a_or_b_and_no_leftovers(app: App) -> None:
+    """kill -9 at points spread over a whole restore (timed from when its staging folder
+    appears), alternating between two archives; after each, the next command (of several
+    kinds) must leave exactly the state before or after, and nothing behind."""
+    app.run("backup")
+    state_a, archive_a = fingerprint(app), app.archives()[-1]
+    make_state_b(app)
+    app.run("backup")
+    state_b, archive_b = fingerprint(app), app.archives()[-1]
+    restore_dir = app.root / ".aica-restore"
+    # Calibrate: how long the restore's work lasts once its staging folder exists (the
+    # shorter of two runs: the first one pays for cold caches).
+    windows = []
+    for archive in (archive_a, archive_b, archive_a):
+        proc = _restore_process(app, archive)
+        seen = _wait_for(restore_dir, proc)
+        assert proc.wait(timeout=120) == 0
+        windows.append(time.monotonic() - seen)
+    window = min(windows)
+    assert fingerprint(app) == state_a
+    points = 16
+    outcomes = []
+    for i in range(points):
+        now = fingerprint(app)
+        before, after, archive = (
+            (state_a, state_b, archive_b) if now == state_a else (state_b, state_a, archive_a)
+        )
+        side = sidecars(app)
+        proc = _restore_process(app, archive)
+        _wait_for(restore_dir, proc)
+        time.sleep(window * (i + 0.5) / points)
+        proc.kill()
+        code = proc.wait(timeout=60)
+        # Any command comes next: each finishes or rolls back, and tidies, first.
+        nxt = NEXT_COMMANDS[i % len(NEXT_COMMANDS)]
+        assert app.run(*nxt, check=False).returncode in (0, 1), nxt
+        assert_old_or_new_and_clean(app, before, after, side, f"kill {i} (exit {code})")
+        outcomes.append((code, fingerprint(app) == after))
+    # Most kills landed inside the restore (the rest after it ended, under a heavy load).
+    assert sum(code == -9 for code, _ in outcomes) >= points // 2, outcomes
+
+
+def test_a_killed_safety_snapshot_leaves_no_wal_beside_the_live_database(app: App) -> None:
+    """Opening a WAL database creates an empty -wal and a -shm, and the last connection to
+    close removes them: a snapshot killed in between leaves them. The next command has SQLite
+    remove them (never a blind unlink), and only when no process holds the database."""
+    app.run("backup")
+    archive = app.archives()[-1]
+    app.add_rows(5, prefix="after")  # closed cleanly: no side files
+    assert not sidecars(app)
+    rows = app.rows()
+    env = {**os.environ, CRASH_ENV: "snapshot-open"}
+
+    def killed_in_the_snapshot() -> None:
+        proc = app.run("restore", str(archive), "--yes", check=False, env=env)
+        assert proc.returncode == -9
+        assert sidecars(app) == {"aica_sys.db-wal", "aica_sys.db-shm"}
+        assert (app.db.parent / "aica_sys.db-wal").stat().st_size == 0
+
+    killed_in_the_snapshot()
+    # The app started meanwhile: the files are its own now, and stay.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM notes').fetchall()\n"
+            "print('ready', flush=True); sys.stdin.readline(); c.close()\n",
+            str(app.db),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        app.run("list")
+        assert sidecars(app) == {"aica_sys.db-wal", "aica_sys.db-shm"}
+        assert not leftovers(app)
+    finally:
+        holder.communicate("\n", timeout=30)  # its connection closes: SQLite tidies up
+    assert not sidecars(app)
+
+    killed_in_the_snapshot()
+    app.run("list")
+    assert not sidecars(app)
+    assert not leftovers(app)
+    assert app.rows() == rows
+
+
+def test_staging_of_a_running_restore_is_left_alone(app: App) -> None:
+    """The next command removes only a dead restore's staging: one of a restore that is
+    still running (here stopped by SIGSTOP in the middle of its work) stays, and that restore
+    then finishes normally."""
+    for i in range(40):  # enough uploads for the unpack to last a while
+        (app.uploads / "bulk" / f"{i}.bin").parent.mkdir(exist_ok=True)
+        (app.uploads / "bulk" / f"{i}.bin").write_bytes(os.urandom(256 << 10))
+    app.run("backup")
+    state = fingerprint(app)
+    archive = app.archives()[-1]
+    make_state_b(app)
+    proc = _restore_process(app, archive)
+    try:
+        _wait_for(app.root / ".aica-restore", proc)
+        staging: list[Path] = []
+        while not staging and proc.poll() is None:
+            staging = [p for p in (app.root / ".aica-restore").iterdir() if p.is_dir()]
+        proc.send_signal(signal.SIGSTOP)
+        assert staging and not (app.root / ".aica-restore" / "journal.json").exists()
+        app.run("list")
+        assert all(p.is_dir() for p in staging)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=120) == 0
+    assert fingerprint(app) == state
+    assert not leftovers(app)
+
+
+def test_staging_named_after_a_reused_pid_is_removed(app: App) -> None:
+    """A staging folder whose pid now belongs to a process started after it was made (the
+    pid was reused) is a dead restore's, as is one whose pid is gone."""
+    restore_dir = app.root / ".aica-restore"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reused = restore_dir / f"20200101T000000-{sleeper.pid}"
+        (reused / "new" / "public").mkdir(parents=True)
+        (reused / "new" / ".env.production").write_text(f"API_SECRET={SECRET}\n")
+        gone = restore_dir / "20200101T000000-4194304"  # above any pid_max
+        gone.mkdir()
+        (restore_dir / ".tmp-journal.json.4194304").write_bytes(b"{")
+        uploads = app.uploads_tree()
+        (restore_dir / "20200101T000000-4194305").symlink_to(app.uploads)  # only the link goes
+        nxt = app.run("list")
+        assert "interrupted restore" in nxt.stderr
+        assert not restore_dir.exists()
+        assert app.uploads_tree() == uploads
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("point", ["staged", "swap-1-parked"])
+def test_a_killed_test_restore_is_finished_by_the_next_one(
+    app: App, tmp_path: Path, point: str
+) -> None:
+    """A restore --target killed at any point: the next restore into that folder first rolls
+    back or cleans up what the killed one left, then restores; never a mix."""
+    app.run("backup")
+    state_a = fingerprint(app)
+    target = App(tmp_path / "test-restore")
+    app.run("restore", "--yes", "--target", str(target.root))
+    assert fingerprint(target) == state_a
+    make_state_b(app)
+    app.run("backup")
+    state_b, archive_b = fingerprint(app), app.archives()[-1]
+    env = {**os.environ, CRASH_ENV: point}
+    cmd = ("restore", str(archive_b), "--yes", "--target", str(target.root))
+    assert app.run(*cmd, check=False, env=env).returncode == -9
+    assert leftovers(target)
+    nxt = app.run(*cmd)
+    assert "interrupted restore" in nxt.stderr
+    assert not leftovers(target)
+    assert fingerprint(target) == state_b
 
 
 def test_recover_command_with_nothing_to_do(app: App) -> None:
@@ -215,10 +441,59 @@ def test_no_or_eof_at_the_prompt_changes_nothing(
     ab: tuple[App, Path, dict[str, object], dict[str, object]], answer: bytes | None
 ) -> None:
     app, archive, _, state_b = ab
-    code, _screen = _restore_on_a_terminal(app, archive, answer)
+    code, screen = _restore_on_a_terminal(app, archive, answer)
     assert code == 8
     assert fingerprint(app) == state_b
     assert not app.archives("pre-restore_*")
+    assert not leftovers(app)
+    # Before the question: which live files go, largest first, and how much in all.
+    question = screen[: screen.index("[yes/no]")]
+    assert "deleted" in question and "public/uploads/new-in-b.bin" in question
+    assert "replaced" in question and "public/uploads/avatars/alice.png" in question
+    assert "will be replaced or deleted" in question
+    lines = question.splitlines()
+    first = next(i for i, line in enumerate(lines) if "new-in-b.bin" in line)
+    assert "alice.png" in "".join(lines[first + 1 :])  # 5,000 bytes before 12
+
+
+def test_an_identical_tree_shows_no_change(app: App) -> None:
+    """The comparison is by content against the manifest, not by file times: right after a
+    backup, and after an exact restore, a dry run shows nothing to change; one file whose
+    bytes differ (same size, other time) shows as the one change. What the backup holds is
+    described with the backup's own file times, not the unpack time."""
+    os.utime(app.env, (1_600_000_000, 1_600_000_000))  # September 2020
+    app.run("backup")
+    archive = app.archives()[-1]
+
+    def changes() -> dict[str, dict[str, Any]]:
+        report = json.loads(app.run("restore", str(archive), "--dry-run", "--json").stdout)
+        return {c["component"]: c for c in report["changes"]}
+
+    def uploads_change() -> dict[str, Any]:
+        return changes()["uploads"]
+
+    config = changes()["config"]
+    assert "modified 2020-09-1" in config["archive"] and config["archive"] == config["current"]
+
+    files = len(app.uploads_tree())
+
+    def assert_no_change() -> None:
+        got = uploads_change()
+        assert (got["added"], got["changed"], got["removed"]) == (0, 0, 0), got
+        assert (got["unchanged"], got["bytes_replaced"], got["largest"]) == (files, 0, []), got
+
+    assert_no_change()
+    app.run("restore", str(archive), "--yes")
+    assert_no_change()
+    alice = app.uploads / "avatars" / "alice.png"
+    data = bytearray(alice.read_bytes())
+    data[0] ^= 0xFF
+    alice.write_bytes(bytes(data))
+    change = uploads_change()
+    assert (change["changed"], change["unchanged"]) == (1, files - 1)
+    assert change["largest"] == [
+        {"path": "public/uploads/avatars/alice.png", "size": len(data), "action": "replaced"}
+    ]
 
 
 def test_yes_at_the_prompt_restores(
@@ -241,6 +516,21 @@ def test_dry_run_changes_nothing(
     assert fingerprint(app) == state_b
     assert not app.archives("pre-restore_*")
     assert not (app.root / ".aica-restore").exists()
+
+
+def test_a_component_the_restore_deletes_is_named(app: App) -> None:
+    """The archive has no config: restoring only the config deletes the live file, and the
+    report names it among the files that go."""
+    app.env.unlink()
+    app.run("backup")
+    app.env.write_text("API_SECRET=added-later\n")
+    cmd = ("restore", str(app.archives()[-1]), "--only", "config", "--dry-run", "--json")
+    report = json.loads(app.run(*cmd).stdout)
+    config = next(c for c in report["changes"] if c["component"] == "config")
+    assert config["action"] == "remove"
+    assert config["largest"] == [
+        {"path": ".env.production", "size": len("API_SECRET=added-later\n"), "action": "deleted"}
+    ]
 
 
 def test_only_uploads(ab: tuple[App, Path, dict[str, object], dict[str, object]]) -> None:
@@ -370,6 +660,57 @@ def test_restore_refuses_while_a_process_holds_the_database(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_running_app_is_reported_before_any_question(
+    ab: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    """Without stop/start commands a held database makes restore refuse: on a terminal it
+    says so at once, before the operator picks a backup and types yes, and stages nothing."""
+    app, _, _, state_b = ab
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM notes').fetchall()\n"
+            "print('ready', flush=True); time.sleep(60)\n",
+            str(app.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "restore"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    screen = b""
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and b"?" not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):
+                    screen += os.read(master, 4096)
+        text = screen.decode(errors="replace")
+        assert "Restore which backup" not in text and "[yes/no]" not in text, text
+        assert proc.wait(timeout=30) == 9
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid}" in text
+    assert fingerprint(app) == state_b
+    assert not (app.root / ".aica-restore").exists()
+    assert not app.archives("pre-restore_*")
 
 
 def test_a_verified_database_is_not_fully_checked_again(

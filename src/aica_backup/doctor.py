@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import sqlite3
 import stat
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from .appctl import database_files, describe
 from .catalog import Catalog
 from .holders import find_holders
 from .layout import Layout
+from .leftovers import scan
 from .snapshot import connect_existing, open_snapshot
 
 ERROR = "error"
@@ -281,6 +283,31 @@ def check_ownership(layout: Layout) -> list[Finding]:
             f"sudo chown -R {owner.st_uid}:{owner.st_gid} {top} && sudo chmod -R u+rwX {top}",
         )
     ]
+def check_leftovers(layout: Layout) -> list[Finding]:
+    """What interrupted restores left that the start-up cleanup could not remove."""
+    findings: list[Finding] = []
+    for item in scan(layout.restore_dir):
+        if item.owner is not None:
+            findings.append(
+                Finding(
+                    "restore-running",
+                    INFO,
+                    f"a restore by pid {item.owner} is running ({item.kind} {item.path})",
+                    "nothing to do: it is removed when that restore ends",
+                )
+            )
+            continue
+        what = "a copy of the app, secrets included" if item.kind == "staging" else "a temp file"
+        findings.append(
+            Finding(
+                "restore-leftover",
+                WARNING,
+                f"{item.path} was left by an interrupted restore ({what}) and could not be "
+                "removed",
+                f"check its owner and permissions, then: rm -rf {shlex.quote(str(item.path))}",
+            )
+        )
+    return findings
 
 
 def diagnose(layout: Layout, *, max_age_hours: float = 26, fix: bool = False) -> list[Finding]:
@@ -290,4 +317,5 @@ def diagnose(layout: Layout, *, max_age_hours: float = 26, fix: bool = False) ->
         + check_backups(layout, max_age_hours)
         + check_permissions(layout, fix)
         + check_ownership(layout)
+        + check_leftovers(layout)
     )

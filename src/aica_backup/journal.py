@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_write_bytes, discard_tree, fsync_dir
+from .fsutil import atomic_file, discard_tree, fsync_dir
 
 JOURNAL_NAME = "journal.json"
 # Fault injection for the crash tests: the process SIGKILLs itself at the named point.
@@ -57,7 +57,9 @@ class Journal:
     # -- persistence -----------------------------------------------------------------------
     def save(self) -> None:
         doc = {k: v for k, v in asdict(self).items() if k != "path"}
-        atomic_write_bytes(self.path, json.dumps(doc, indent=1).encode())
+        with atomic_file(self.path) as fh:
+            fh.write(json.dumps(doc, indent=1).encode())
+            crashpoint(f"journal-{self.state}-writing")
 
     @classmethod
     def load(cls, path: Path) -> Journal:

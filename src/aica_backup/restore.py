@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 from . import appctl
 from .backup import BackupOptions, create_archive
-from .catalog import Catalog, prune
+from .catalog import Catalog, prune, sha256_file
 from .errors import AicaBackupError, ArchiveError, RolledBackError, StorageError
 from .fsutil import (
     check_writable_dir,
@@ -38,9 +39,14 @@ from .fsutil import (
 )
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
+from .leftovers import staging_folder, staging_name
+from .manifest import Member
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, stage
+
+# How many of the files a restore replaces or deletes the confirm screen names, largest first.
+LARGEST = 10
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class Change:
     current: str
     archive: str
     details: dict[str, int] = field(default_factory=dict)
+    # The largest live files this replaces or deletes: (path from the app root, size, which).
+    largest: list[tuple[str, int, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,7 @@ class Change:
             "current": self.current,
             "archive": self.archive,
             **self.details,
+            "largest": [{"path": p, "size": n, "action": a} for p, n, a in self.largest],
         }
 
 
@@ -113,26 +122,35 @@ def _describe_file(path: Path) -> str:
         st = path.stat()
     except FileNotFoundError:
         return "absent"
-    stamp = datetime.fromtimestamp(st.st_mtime, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
-    return f"{st.st_size:,} bytes, modified {stamp}"
+    return _described(st.st_size, st.st_mtime)
 
 
-def _tree(root: Path) -> dict[str, tuple[int, float]]:
-    """Relative path → (size, mtime) of every file under ``root`` (links not followed)."""
-    out: dict[str, tuple[int, float]] = {}
+def _described(size: int, mtime: float) -> str:
+    stamp = datetime.fromtimestamp(mtime, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+    return f"{size:,} bytes, modified {stamp}"
 
-    def walk(folder: str, prefix: str) -> None:
+
+def _tree(root: Path) -> dict[str, os.stat_result]:
+    """Relative path → lstat of every non-folder under ``root`` (links not followed).
+
+    Iterative: the depth of an uploads tree is the users' to choose.
+    """
+    out: dict[str, os.stat_result] = {}
+    if not root.is_dir():
+        return out
+    pending = [(str(root), "")]
+    while pending:
+        folder, prefix = pending.pop()
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
-                    walk(e.path, f"{prefix}{e.name}/")
+                    pending.append((e.path, f"{prefix}{e.name}/"))
                 else:
-                    st = e.stat(follow_symlinks=False)
-                    out[prefix + e.name] = (st.st_size, st.st_mtime)
-
-    if root.is_dir():
-        walk(str(root), "")
+                    out[prefix + e.name] = e.stat(follow_symlinks=False)
     return out
+
+
+ALL_COMPONENTS = frozenset(COMPONENT_ORDER)
 
 
 def removes_absent(comp: Component, only: frozenset[Component]) -> bool:
@@ -145,15 +163,47 @@ def removes_absent(comp: Component, only: frozenset[Component]) -> bool:
     return comp is not Component.DATABASE and comp in only and only != ALL_COMPONENTS
 
 
-ALL_COMPONENTS = frozenset(COMPONENT_ORDER)
+def _same_content(path: Path, st: os.stat_result, member: Member) -> bool:
+    """Whether the live file holds the archived bytes: the size first, then the SHA-256
+    (skipped when size and modification time both match, as rsync and restic do)."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size != member.size:
+        return False
+    if abs(st.st_mtime_ns - member.mtime * 1e9) < 1000:  # a float's precision, ~0.2 µs
+        return True
+    try:
+        return sha256_file(path) == member.sha256
+    except OSError:
+        return False  # unreadable: it is replaced all the same
+
+
+def _largest(files: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    return sorted(files, key=lambda f: (-f[1], f[0]))[:LARGEST]
+
+
+def _deleted(
+    layout: Layout, comp: Component, tree: dict[str, os.stat_result]
+) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
+    """Details and largest files of a component that the restore deletes as a whole."""
+    top = layout.relpath(comp)
+    if comp is not Component.UPLOADS:
+        size = layout.path(comp).lstat().st_size
+        return {}, [(top, size, "deleted")]
+    gone = [(f"{top}/{rel}", st.st_size, "deleted") for rel, st in tree.items()]
+    details = {"added": 0, "changed": 0, "removed": len(gone), "unchanged": 0}
+    return {**details, "bytes_replaced": sum(g[1] for g in gone)}, _largest(gone)
 
 
 def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[Change]:
-    """Per component: what the live state is, what the archive holds, what will happen."""
+    """Per component: what the live state is, what the archive holds, what will happen.
+
+    Uploads are compared by content against the manifest (size and SHA-256 of every member),
+    so an identical tree shows no change, whatever the file times of the staged copy.
+    """
     changes: list[Change] = []
     for comp in COMPONENT_ORDER:
         info = staged.manifest.components.get(comp)
         live = layout.path(comp)
+        current_tree: dict[str, os.stat_result] = {}
         if comp is Component.UPLOADS:
             current_tree = _tree(live)
             current = f"{len(current_tree):,} files" if live.is_dir() else "absent"
@@ -167,20 +217,39 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 changes.append(Change(comp, "keep", current, "absent (live database kept)"))
             elif removes_absent(comp, only):
                 action = "remove" if live.exists() else "keep"
-                changes.append(Change(comp, action, current, "absent"))
+                details, gone = _deleted(layout, comp, current_tree) if live.exists() else ({}, [])
+                changes.append(Change(comp, action, current, "absent", details, gone))
             else:
                 why = f"absent (live one kept; --only {comp} removes it)"
                 changes.append(Change(comp, "keep", current, why))
             continue
-        staged_path = staged.root / info.path
         if comp is Component.UPLOADS:
-            archived = _tree(staged_path)
-            added = len(archived.keys() - current_tree.keys())
-            removed = len(current_tree.keys() - archived.keys())
-            changed = sum(
-                1 for k in archived.keys() & current_tree.keys() if archived[k] != current_tree[k]
-            )
-            details = {"added": added, "changed": changed, "removed": removed}
+            top = info.path + "/"
+            archived = {
+                m.path[len(top) :]: m for m in staged.manifest.files() if m.path.startswith(top)
+            }
+            touched: list[tuple[str, int, str]] = []  # (path, live size, replaced|deleted)
+            added = changed = 0
+            for rel, member in archived.items():
+                st = current_tree.get(rel)
+                if st is None:
+                    added += 1
+                elif not _same_content(live / rel, st, member):
+                    changed += 1
+                    touched.append((f"{layout.relpath(comp)}/{rel}", st.st_size, "replaced"))
+            removed = [
+                (f"{layout.relpath(comp)}/{rel}", st.st_size, "deleted")
+                for rel, st in current_tree.items()
+                if rel not in archived
+            ]
+            touched += removed
+            details = {
+                "added": added,
+                "changed": changed,
+                "removed": len(removed),
+                "unchanged": len(archived) - added - changed,
+                "bytes_replaced": sum(t[1] for t in touched),
+            }
             changes.append(
                 Change(
                     comp,
@@ -188,15 +257,21 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                     current,
                     f"{len(archived):,} files",
                     details,
+                    _largest(touched),
                 )
             )
         else:
+            record = staged.manifest.member(info.path)
+            size = live.stat().st_size if live.is_file() else None
+            replaced = [(layout.relpath(comp), size, "replaced")] if size is not None else []
             changes.append(
                 Change(
                     comp,
                     "replace" if live.exists() else "create",
                     current,
-                    _describe_file(staged_path),
+                    # The manifest's record: the staged copy has the unpack time until the swap.
+                    _described(record.size, record.mtime) if record else "absent",
+                    largest=replaced,
                 )
             )
     return changes
@@ -208,8 +283,7 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
 def _work_dir(layout: Layout) -> Path:
     ensure_private_dir(layout.restore_dir)
     spread_subfolders(layout.restore_dir)  # staging away from the live files' block group
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return layout.restore_dir / f"{stamp}-{os.getpid()}"
+    return layout.restore_dir / staging_name()
 
 
 def _preflight(layout: Layout, archive: Path, only: frozenset[Component]) -> None:
@@ -297,17 +371,33 @@ def restore(
     options: RestoreOptions = RestoreOptions(),
     *,
     progress: Callable[[int], None] | None = None,
+    confirm: Callable[[list[Change]], None] | None = None,
 ) -> RestoreResult:
-    """Restore ``archive`` into ``layout``; on failure the live state is exactly as before."""
-    timings: dict[str, float] = {}
+    """Restore ``archive`` into ``layout``; on failure the live state is exactly as before.
+
+    ``confirm(changes)`` is called once the archive is staged and verified and the difference
+    with the live state is known, before anything live is touched; raising from it cancels
+    the restore (nothing changed, the staging removed). Not called for a dry run.
+    """
     _preflight(layout, archive, options.only)
     if not options.dry_run and not options.stop_command:
         appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
+    # Held by this process while it lives: the next command removes it only once it is dead.
+    with staging_folder(_work_dir(layout)) as work:
+        return _transaction(layout, archive, options, work, progress, confirm)
 
-    work = _work_dir(layout)
+
+def _transaction(
+    layout: Layout,
+    archive: Path,
+    options: RestoreOptions,
+    work: Path,
+    progress: Callable[[int], None] | None,
+    confirm: Callable[[list[Change]], None] | None,
+) -> RestoreResult:
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
-        work.mkdir(mode=0o700)
         staged = stage(
             archive,
             work / "new",
@@ -318,6 +408,7 @@ def restore(
             checked_sha256=options.checked_sha256,
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
+        crashpoint("staged")
         staged.raise_if_bad()
         if staged.manifest.app_name != layout.app_name:
             raise ArchiveError(
@@ -336,6 +427,8 @@ def restore(
                 timings=timings,
                 database_check=staged.db_check,
             )
+        if confirm is not None:
+            confirm(changes)
         paths = [info.path for info in staged.manifest.components.values() if info.present]
         config_info = staged.manifest.components.get(Component.CONFIG)
         apply_metadata(staged, paths, private=[config_info.path] if config_info else [])
@@ -362,6 +455,7 @@ def restore(
         t0 = time.perf_counter()
         safety = _safety_backup(layout, options)
         timings["safety_backup"] = time.perf_counter() - t0
+        crashpoint("safety-made")
     except BaseException:
         _discard(work)
         if stopped:

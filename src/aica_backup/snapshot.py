@@ -21,6 +21,7 @@ from typing import Literal
 from .codec import cpu_threads
 from .errors import DatabaseError
 from .fsutil import storage_error
+from .journal import crashpoint
 
 CheckMode = Literal["integrity", "quick", "none"]
 BUSY_TIMEOUT_MS = 10_000
@@ -93,6 +94,7 @@ def take_snapshot(source: Path, dest: Path) -> str:
     with connect_existing(source) as src:
         try:
             journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0])
+            crashpoint("snapshot-open")
             dst = sqlite3.connect(dest)
             try:
                 # The snapshot is a throw-away temp file: no journal, no fsync while copying.

@@ -6,6 +6,8 @@ journal committed, the previous state is put back; after, the leftovers are clea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ..errors import AicaBackupError
@@ -41,17 +43,36 @@ def _recover(ctx: typer.Context) -> dict[str, object] | None:
 
 
 def finish_interrupted_restore(ctx: typer.Context) -> None:
-    """Called before every command: recover first if a restore journal is lying around."""
-    if find_journal(globals_of(ctx).root / RESTORE_DIRNAME) is None:
+    """Called before every command: recover first if a restore journal is lying around,
+    then remove what killed restores left (staging, temp files, an empty -wal/-shm)."""
+    restore_dir = globals_of(ctx).root / RESTORE_DIRNAME
+    if not restore_dir.exists():  # the one cost for every command while nothing was left
         return
-    report = _recover(ctx)
-    if report is not None:
-        warn(f"an interrupted restore of {report['archive']} was found and {report['outcome']}")
+    if find_journal(restore_dir) is not None:
+        report = _recover(ctx)
+        if report is not None:
+            warn(
+                f"an interrupted restore of {report['archive']} was found and {report['outcome']}"
+            )
+    _clean_leftovers(ctx)
+
+
+def _clean_leftovers(ctx: typer.Context) -> None:
+    from ..leftovers import clean  # here: every command passes through this module
+
+    try:
+        cleaned = clean(settings(ctx).layout())
+    except AicaBackupError:
+        return  # a bad configuration: the command itself says so
+    if cleaned.removed:
+        names = ", ".join(Path(p).name for p in cleaned.removed)
+        warn(f"removed what an interrupted restore left: {names}")
 
 
 def command(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Finish or roll back an interrupted restore (every command also does this first)."""
     report = _recover(ctx)
+    _clean_leftovers(ctx)
     if json_out:
         emit_json(report or {"outcome": "nothing to recover"})
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -10,13 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..appctl import refuse_if_held
 from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
 from ..config import Settings
 from ..errors import AbortedError, AicaBackupError, UsageError
+from ..journal import recover
 from ..layout import COMPONENT_ORDER, Component, Layout
+from ..leftovers import release_empty_wal, remove_dead
 from ..lock import exclusive_lock
-from ..restore import RestoreOptions, RestoreResult, removes_absent, restore
+from ..restore import LARGEST, Change, RestoreOptions, RestoreResult, restore
 from . import reporting
 from .archives import identities_for, resolve_archive
 from .backup import backup_options
@@ -58,51 +62,41 @@ def choose(entries: list[ArchiveEntry], interactive: bool) -> ArchiveEntry:
         raise AbortedError(f"no backup number {answer!r}; nothing was changed") from None
 
 
-def _current(layout: Layout, comp: Component) -> str:
-    path = layout.path(comp)
-    if comp is Component.UPLOADS:
-        return (
-            f"{sum(1 for p in path.rglob('*') if p.is_file()):,} files"
-            if path.is_dir()
-            else "absent"
-        )
-    return human_size(path.stat().st_size) if path.exists() else "absent"
+def _what(change: Change) -> str:
+    d = change.details
+    if not d:
+        return change.action
+    parts = [f"{d['added']:,} added", f"{d['changed']:,} replaced", f"{d['removed']:,} deleted"]
+    return f"{change.action}: " + ", ".join(parts) + f", {d['unchanged']:,} unchanged"
 
 
-def _archived(entry: ArchiveEntry | None, comp: Component) -> str:
-    if entry is None or entry.summary is None:
-        return "(read during restore)"
-    db, up = contents(entry)
-    if comp is Component.DATABASE:
-        return db
-    if comp is Component.UPLOADS:
-        return up
-    return "present" if entry.summary.get("config_present") else "absent"
+def confirm(layout: Layout, archive: Path, changes: list[Change], yes: bool) -> None:
+    """Step 5, once the archive is staged and verified: what will change, then yes/no.
 
-
-def confirm(
-    layout: Layout, archive: Path, entry: ArchiveEntry | None, only: frozenset[Component], yes: bool
-) -> None:
-    """Step 3: what will change, then yes/no. Without a terminal, only --yes goes ahead."""
+    Names the live files that will be replaced or deleted (the largest, and the total), so
+    the operator knows what the safety backup is about to be the only copy of.
+    """
     table = Table(title=f"Restore {archive.name} into {layout.root}", box=None, pad_edge=False)
-    for col in ("component", "path", "now", "from the backup"):
+    for col in ("component", "path", "now", "from the backup", "what happens"):
         table.add_column(col)
-    for comp in COMPONENT_ORDER:
-        if comp in only:
-            now, then = _current(layout, comp), _archived(entry, comp)
-            if then == "absent" and now != "absent":  # item 6: say what happens to it
-                if removes_absent(comp, only):
-                    then = "absent: the live one is DELETED"
-                elif comp is Component.DATABASE:
-                    then = "absent: the live one is kept"
-                else:
-                    then = f"absent: the live one is kept (--only {comp} deletes it)"
-            table.add_row(str(comp), layout.relpath(comp), now, then)
+    shown = [c for c in changes if c.archive != "not selected"]
+    for c in shown:
+        table.add_row(str(c.component), layout.relpath(c.component), c.current, c.archive, _what(c))
     err.print(table)
+    touched = [f for c in shown for f in c.largest]
+    count = sum(
+        c.details["changed"] + c.details["removed"] if c.details else len(c.largest) for c in shown
+    )
+    total = sum(c.details.get("bytes_replaced", 0) or sum(f[1] for f in c.largest) for c in shown)
+    if count:
+        err.print(
+            f"{count:,} live files ({human_size(total)}) will be replaced or deleted; the largest:",
+            markup=False,
+        )
+        for path, size, action in sorted(touched, key=lambda f: -f[1])[:LARGEST]:
+            err.print(f"  {action:<8} {human_size(size):>9}  {path}", markup=False)
     if yes:
         return
-    if not is_terminal():
-        raise AbortedError("refusing to restore without a terminal to confirm; pass --yes")
     try:
         answer = typer.prompt(
             "The current data will be replaced (a safety backup is made first). Continue? [yes/no]",
@@ -127,9 +121,7 @@ def undo_command(layout: Layout, result: RestoreResult) -> str | None:
 
 def print_result(layout: Layout, result: RestoreResult, undo: str | None) -> None:
     for c in result.changes:
-        extra = ""
-        if c.details:
-            extra = " (" + ", ".join(f"{v} {k}" for k, v in c.details.items()) + ")"
+        extra = f" ({_what(c).partition(': ')[2]})" if c.details else ""
         out.print(f"{c.component:<9} {c.action:<8} {c.current} -> {c.archive}{extra}", markup=False)
     if result.dry_run:
         out.print("Dry run: the archive was unpacked and verified; nothing was changed.")
@@ -195,6 +187,9 @@ def command(
     if target is not None:
         layout = layout.with_root(target.absolute())
     selected = frozenset(only) if only else frozenset(COMPONENT_ORDER)
+    if not dry_run and not (use_app_hooks and s.restore.stop_command):
+        # Restore would refuse later for the same reason: say it before any question.
+        refuse_if_held(layout.database_path)
     catalog = Catalog(s.layout().backups_dir)
     interactive = is_terminal() and not yes and not json_out
 
@@ -215,8 +210,8 @@ def command(
         path = entry.path
     if entry is None and path.parent == catalog.backups_dir and parse_name(path.name):
         entry = catalog.entry(path.name, read_missing=False)
-    if not dry_run:
-        confirm(layout, path, entry, selected, yes)
+    if not dry_run and not yes and not is_terminal():
+        raise AbortedError("refusing to restore without a terminal to confirm; pass --yes")
 
     options = RestoreOptions(
         only=selected,
@@ -235,10 +230,10 @@ def command(
     facts: dict[str, Any] = {"archive": path.name, "root": str(layout.root)}
     facts["only"] = sorted(selected) if only else "all"
     try:
-        with (
-            exclusive_lock(s.layout().meta_dir, "restore", wait),
-            progress_bar("restore", not json_out) as update,
-        ):
+        with exclusive_lock(s.layout().meta_dir, "restore", wait), contextlib.ExitStack() as bar:
+            if target is not None:  # no other command looks into a target: this one tidies it
+                _finish_interrupted(layout)
+            update = bar.enter_context(progress_bar("restore", not json_out))
             done = 0
 
             def advance(n: int) -> None:
@@ -246,7 +241,17 @@ def command(
                 done += n
                 update(done, 0, "unpacking and verifying")
 
-            result = restore(layout, path, options, progress=advance if update else None)
+            def ask(changes: list[Change]) -> None:
+                bar.close()  # the bar leaves the screen before the question
+                confirm(layout, path, changes, yes)
+
+            result = restore(
+                layout,
+                path,
+                options,
+                progress=advance if update else None,
+                confirm=None if dry_run else ask,
+            )
     except AicaBackupError as exc:  # the run log holds every restore (issue 14, item 15)
         if not dry_run:
             failed = {**facts, "error": str(exc)}
@@ -266,6 +271,18 @@ def command(
             "Next: restart the backend (cd backend && python3 -m uvicorn main:app) and "
             "check it (curl http://localhost:8000/health)."
         )
+
+
+def _finish_interrupted(layout: Layout) -> None:
+    """Roll back or complete a restore into ``layout`` that was killed, remove what it left."""
+    done = recover(layout.restore_dir)
+    if done is not None:
+        warn(f"an interrupted restore of {done[1].archive} was found and {done[0]}")
+    names = [item.path.name for item in remove_dead(layout.restore_dir)[0]]
+    if release_empty_wal(layout.database_path):
+        names.append(f"{layout.database_path.name}-wal")
+    if names:
+        warn(f"removed what an interrupted restore left: {', '.join(names)}")
 
 
 def _checked_sha256(entry: ArchiveEntry | None) -> str:
