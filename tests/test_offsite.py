@@ -88,7 +88,7 @@ def test_object_without_marker_is_incomplete_and_pushed_again(app: App, tmp_path
     nas.put(archive.name, archive.path)  # an upload that died before its verification
     (copy,) = offsite.list_copies(nas)
     assert not copy.complete and "no checksum marker" in (copy.problem or "")
-    assert offsite.missing([copy], [archive], encrypt=False) == [archive]
+    assert offsite.missing([copy], [archive], sealed=False) == [archive]
     (report,) = offsite.sync([Target("nas", nas)], [archive], work_dir=tmp_path)
     assert report.ok and report.pushed == [archive.name]
     assert states(nas) == {archive.name: True}
@@ -212,7 +212,7 @@ def test_offsite_encryption_ships_age_and_keeps_the_local_archive_plain(
     result = scan_file(fetched, [identity])
     check_against_manifest(result)
     # A local archive already encrypted ("all") is shipped as it is.
-    assert offsite.missing(offsite.list_copies(nas), [archive], encrypt=True) == []
+    assert offsite.missing(offsite.list_copies(nas), [archive], sealed=True) == []
 
 
 def test_a_damaged_local_archive_is_reported_not_shipped(app: App, tmp_path: Path) -> None:
@@ -549,3 +549,138 @@ def test_retry_wrapper_reports_attempts(tmp_path: Path) -> None:
     storage = RetryingStorage(Down(tmp_path), 1, sleep=lambda _s: None)
     (report,) = offsite.sync([Target("down", storage)], [], work_dir=tmp_path)
     assert not report.ok and "gave up after 2 attempts" in (report.error or "")
+
+
+# -- whenever recipients are set, nothing leaves unencrypted (issue 14, items 2 and 3) --------
+
+
+def objects_on(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def keygen(app: App, tmp_path: Path) -> tuple[Path, str]:
+    identity_file = tmp_path / "identity.txt"
+    proc = app.run("keygen", "--output", str(identity_file), "--json")
+    return identity_file, json.loads(proc.stdout)["recipient"]
+
+
+def only_encrypted(folder: Path) -> bool:
+    """True when every object on a folder target is an age file or the marker of one."""
+    return all(n.endswith((".age", ".age.sha256")) for n in objects_on(folder))
+
+
+def test_push_encrypts_a_plaintext_archive_whenever_recipients_are_given(
+    app: App, tmp_path: Path
+) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    archive = archive_of(app)  # made before encryption was turned on: plain
+    nas = LocalStorage(tmp_path / "nas")
+    copy = offsite.push(nas, archive, work_dir=tmp_path, recipients=[identity.to_public()])
+    assert copy.name == archive.name + ".age"
+    assert objects_on(tmp_path / "nas") == [copy.name, copy.name + ".sha256"]
+    dest = tmp_path / "back"
+    dest.mkdir()
+    check_against_manifest(scan_file(offsite.fetch(nas, copy.name, dest), [identity]))
+
+
+@pytest.mark.parametrize("mode", ["all", "offsite"])
+def test_archives_made_before_encryption_never_leave_in_plaintext(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    app.run("backup")  # two plain archives, made before encryption was turned on
+    app.run("backup")
+    old = [p.name for p in app.archives()]
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", mode)
+    # `offsite push` to a target:
+    pushed_to = tmp_path / "pushed"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(pushed_to))
+    report = run_json(app, "offsite", "push")
+    assert sorted(report["targets"][0]["pushed"]) == sorted(f"{n}.age" for n in old)
+    assert only_encrypted(pushed_to), objects_on(pushed_to)
+    # A normal backup to a newly added target:
+    added = tmp_path / "added"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", f"{pushed_to},{added}")
+    backup = run_json(app, "backup")
+    assert all(c["ok"] for c in backup["offsite"])
+    assert only_encrypted(added), objects_on(added)
+    assert len([n for n in objects_on(added) if n.endswith(".age")]) == 3
+    for name in old:  # every old plaintext archive reached the target encrypted, readable
+        from aica_backup.crypto import load_identities
+
+        check_against_manifest(scan_file(added / f"{name}.age", load_identities(identity_file)))
+
+
+def test_offsite_list_and_doctor_report_plaintext_copies_and_the_command_replaces_them(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "nas"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    app.run("backup")  # copied in plaintext: no encryption configured yet
+    app.run("backup")
+    plain = objects_on(target)
+    names = [n for n in plain if not n.endswith(".sha256")]
+    assert len(names) == 2
+    # The older archive is gone locally: its only source is the plaintext copy on the target.
+    app.archives()[0].unlink()
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    (listing,) = run_json(app, "offsite", "list")
+    assert sorted(listing["plaintext"]) == sorted(names)
+    human = app.run("offsite", "list")
+    assert "aica-backup offsite push --replace-plaintext" in human.stdout + human.stderr
+    code, found = doctor_findings(app)
+    assert code == 2 and "aica-backup offsite push --replace-plaintext" in str(
+        found["offsite-plaintext"]["fix"]
+    )
+    assert target.exists() and objects_on(target) == plain  # reporting changes nothing
+
+    report = run_json(app, "offsite", "push", "--replace-plaintext")
+    assert report["ok"] and sorted(report["targets"][0]["replaced"]) == sorted(names)
+    assert objects_on(target) == sorted(
+        [f"{n}.age" for n in names] + [f"{n}.age.sha256" for n in names]
+    )
+    assert only_encrypted(target)
+    from aica_backup.crypto import load_identities
+
+    keys = load_identities(identity_file)
+    copies = {c.name: c for c in offsite.list_copies(open_storage(str(target)))}
+    for n in names:
+        assert copies[f"{n}.age"].complete
+        check_against_manifest(scan_file(target / f"{n}.age", keys))
+    (listing,) = run_json(app, "offsite", "list")
+    assert listing["plaintext"] == []
+    code, found = doctor_findings(app)
+    assert "offsite-plaintext" not in found
+
+
+def doctor_findings(app: App) -> tuple[int, dict[str, dict[str, Any]]]:
+    proc = app.run("doctor", "--json", check=False)
+    return proc.returncode, {f["code"]: f for f in json.loads(proc.stdout)["findings"]}
+
+
+def test_one_backup_in_two_forms_is_one_backup_for_retention(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    archives = [fake_archive(local, NOW - timedelta(days=d)) for d in range(3)]  # newest first
+    nas = LocalStorage(tmp_path / "nas")
+    offsite.sync([Target("nas", nas)], archives, work_dir=tmp_path)  # plain copies
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    # Encryption turned on: each push adds the .age copies, and retention (keep 2) must neither
+    # count them as extra backups nor delete them in favour of the plain ones.
+    for _ in range(2):
+        (report,) = offsite.sync(
+            [Target("nas", nas)],
+            archives[:2],
+            work_dir=tmp_path,
+            recipients=[recipient],
+            policy=Policy(keep_last=2),
+            now=NOW,
+        )
+        assert report.ok, report.error
+    left = states(nas)
+    for a in archives[:2]:
+        assert left.get(a.name + ".age") is True, left
+    assert not any(n.startswith(archives[2].name) for n in left), left  # one backup, both forms
+    # Each push after the first has nothing to do: the encrypted copies stayed.
+    assert report.pushed == [] and report.pruned == []

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,24 +17,14 @@ from typing import IO, Any, cast
 from ..catalog import ArchiveName, parse_name, sha256_file
 from ..codec import ENCRYPTED_SUFFIX
 from ..errors import ArchiveError, StorageError, UsageError
-from ..fsutil import TMP_PREFIX, atomic_file, free_bytes, storage_error
+from ..fsutil import atomic_file, free_bytes, owned_temp_file, storage_error
 from ..storage import NotFoundError, Storage, check_name
+from .form import LocalArchive, check_uploadable, satisfies, upload_form
 
 MARKER_SUFFIX = ".sha256"
 MAX_MARKER_BYTES = 4096
-BLOCK = 1 << 20
 _MARKER_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _SIZE_LINE = re.compile(r"^# size: (\d+)$")
-
-
-@dataclass(frozen=True)
-class LocalArchive:
-    """An archive to copy: its name, file, SHA-256 of the file's bytes and size."""
-
-    name: str
-    path: Path
-    sha256: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -71,13 +59,6 @@ class RemoteCopy:
 
 def marker_name(name: str) -> str:
     return name + MARKER_SUFFIX
-
-
-def remote_name(local_name: str, encrypt: bool) -> str:
-    """The object name of a local archive on a target (``.age`` added when encrypting)."""
-    if encrypt and not local_name.endswith(ENCRYPTED_SUFFIX):
-        return local_name + ENCRYPTED_SUFFIX
-    return local_name
 
 
 def format_marker(name: str, sha256: str, size: int) -> bytes:
@@ -174,11 +155,15 @@ def name_sort_key(name: str) -> tuple[datetime, int]:
 
 
 def missing(
-    copies: Sequence[RemoteCopy], archives: Sequence[LocalArchive], *, encrypt: bool
+    copies: Sequence[RemoteCopy], archives: Sequence[LocalArchive], *, sealed: bool
 ) -> list[LocalArchive]:
-    """The local archives a target has no complete copy of (incomplete ones count as missing)."""
-    complete = {c.name for c in copies if c.complete}
-    return [a for a in archives if remote_name(a.name, encrypt) not in complete]
+    """The local archives a target has no complete copy of (incomplete ones count as missing).
+
+    Any form of a backup counts (``NAME`` or ``NAME.age``), but when recipients are given
+    (``sealed``) only an encrypted one does.
+    """
+    complete = [c.name for c in copies if c.complete]
+    return [a for a in archives if not any(satisfies(n, a.name, sealed=sealed) for n in complete)]
 
 
 # -- pushing ------------------------------------------------------------------------------------
@@ -240,22 +225,28 @@ def verify_copy(storage: Storage, name: str, sha256: str, size: int) -> None:
         )
 
 
-def push(storage: Storage, archive: LocalArchive, *, work_dir: Path) -> RemoteCopy:
-    """Upload ``archive`` under its name, verify it by reading it back, then write its marker."""
-    name = check_name(archive.name)
+def push(
+    storage: Storage, archive: LocalArchive, *, work_dir: Path, recipients: Sequence[Any] = ()
+) -> RemoteCopy:
+    """Upload ``archive`` in the form :func:`~.form.upload_form` gives it (encrypted whenever
+    ``recipients`` are given), verify it by reading it back, then write its marker."""
+    with upload_form(archive, recipients, work_dir) as upload:
+        check_uploadable(upload, sealed=bool(recipients))
+        return _push_as_is(storage, upload, work_dir)
+
+
+def _push_as_is(storage: Storage, upload: LocalArchive, work_dir: Path) -> RemoteCopy:
+    name = check_name(upload.name)
     storage.delete(marker_name(name))
-    storage.put(name, archive.path)
-    verify_copy(storage, name, archive.sha256, archive.size)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}marker-", dir=work_dir)  # mode 0600
+    storage.put(name, upload.path)
+    verify_copy(storage, name, upload.sha256, upload.size)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(format_marker(name, archive.sha256, archive.size))
-        storage.put(marker_name(name), Path(tmp))
+        with owned_temp_file(work_dir, marker_name(name)) as tmp:
+            tmp.write_bytes(format_marker(name, upload.sha256, upload.size))
+            storage.put(marker_name(name), tmp)
     except OSError as exc:
         raise storage_error(f"cannot write a checksum marker in {work_dir}", exc) from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return RemoteCopy(name, archive.size, datetime.now(UTC), True, archive.sha256)
+    return RemoteCopy(name, upload.size, datetime.now(UTC), True, upload.sha256)
 
 
 # -- fetching -----------------------------------------------------------------------------------
