@@ -684,3 +684,90 @@ def test_one_backup_in_two_forms_is_one_backup_for_retention(tmp_path: Path) -> 
     assert not any(n.startswith(archives[2].name) for n in left), left  # one backup, both forms
     # Each push after the first has nothing to do: the encrypted copies stayed.
     assert report.pushed == [] and report.pruned == []
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_encrypted_push_leaves_nothing_after_any_next_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(tmp_path / "app")
+    with open(app.uploads / "video.bin", "wb") as fh:  # incompressible: a big archive
+        for _ in range(96):
+            fh.write(os.urandom(MIB))
+    app.run("backup")  # plain: made before encryption was turned on
+    _, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(tmp_path / "nas"))
+    meta = app.backups / ".aica-backup"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "offsite", "push"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    caught: list[Path] = []
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline and not caught:
+            caught = [p for p in meta.glob(".tmp-*.age*") if p.stat().st_size > 8 * MIB]
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL while the encrypted copy is being written or uploaded
+    finally:
+        proc.wait()
+    assert caught, "the encrypted temp file was never caught in flight"
+    assert all(p.exists() for p in caught)  # what the kill left behind
+    app.run("list")  # any command, not only the next backup
+    assert no_temp_files(app.backups), sorted(p.name for p in app.backups.rglob(".tmp-*"))
+
+
+def test_backup_json_with_a_failed_copy_says_one_line_naming_the_target_once(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    share = tmp_path / "nas-mount" / "aica"  # not mounted
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(share))
+    proc = app.run("backup", "--json", check=False)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["offsite"][0]["ok"]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "offsite copy failed" in lines[0], proc.stderr
+    assert lines[0].count(str(share)) == 1, lines[0]  # not "share: share: …"
+    human = app.run("backup", check=False)
+    assert human.returncode == 1
+    failed = [ln for ln in human.stderr.splitlines() if "offsite copy failed" in ln]
+    assert len(failed) == 1 and failed[0].count(str(share)) == 1, human.stderr
+    push = app.run("offsite", "push", check=False)
+    assert push.returncode == 7
+    assert push.stderr.count(str(share)) == 1, push.stderr
+
+
+def test_offsite_list_never_cuts_names_when_not_on_a_terminal(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / ("a-rather-long-folder-name-for-the-nas-share-" * 3)
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal's width must not leak into a pipe
+    app.run("backup")
+    (archive,) = app.archives()
+    proc = app.run("offsite", "list")  # stdout is a pipe
+    assert str(target) in proc.stdout
+    (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("backup_")]
+    assert row.split()[0] == archive.name and "complete" in row, proc.stdout
+
+
+@pytest.mark.parametrize(("retries", "attempts"), [("0", 1), ("2", 3)])
+def test_offsite_retries_counts_retries_after_the_first_attempt(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retries: str, attempts: int
+) -> None:
+    not_a_folder = tmp_path / "nas"
+    not_a_folder.write_text("a file where the target folder should be")  # listing fails
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(not_a_folder))
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_RETRIES", retries)
+    proc = app.run("offsite", "list", check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.count("retrying in") == attempts - 1, proc.stderr
+    if attempts > 1:
+        assert f"gave up after {attempts} attempts" in proc.stderr
+    # The README says the same as the code.
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (row,) = [ln for ln in readme.splitlines() if ln.startswith("| `offsite.retries`")]
+    assert "after its first attempt" in row and "up to 4 attempts" in row

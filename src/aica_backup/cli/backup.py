@@ -162,14 +162,16 @@ def command(
         "warnings": len(result.warnings),
     }
     if code != ExitCode.OK:
-        facts["error"] = "offsite copy failed: " + "; ".join(
-            f"{c['target']}: {c['error']}" for c in report.get("offsite", []) if not c["ok"]
+        facts["error"] = "offsite copy failed: " + "; ".join(  # each error names its target
+            str(c["error"]) for c in report.get("offsite", []) if not c["ok"]
         )
     report["warnings"] = result.warnings + reporting.finished(
         s, "backup", ok=code == ExitCode.OK, json_lines=json_out, facts=facts
     )
     if json_out:
         emit_json(report)
+        if code != ExitCode.OK:  # stdout is for the machine; a log of stderr still says why
+            warn(str(facts["error"]))
         return int(code)
     out.print(summary_line(result), markup=False)
     for name in report.get("pruned", []):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from .. import offsite
@@ -175,7 +176,7 @@ def push_after_backup(s: Settings, result: BackupResult) -> list[dict[str, Any]]
             {
                 "target": loc,
                 "ok": False,
-                "error": message,
+                "error": offsite.located(message, "", loc),
                 "name": name,
                 "seconds": seconds,
                 "pushed": [],
@@ -266,7 +267,7 @@ def _print_target(r: dict[str, Any]) -> None:
     if copies:
         table = Table(box=None, pad_edge=False)
         for col in ("name", "local time", "size", "state"):
-            table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
+            table.add_column(col, justify="right" if col == "size" else "left")
         for c in copies:
             state = "complete" if c["complete"] else f"INCOMPLETE: {c['problem']}"
             if c["name"] in r["plaintext"]:
@@ -274,7 +275,8 @@ def _print_target(r: dict[str, Any]) -> None:
             when = c["time"][:19].replace("T", " ")
             table.add_row(c["name"], when, human_size(c["size"]), state)
         # Not on a terminal (a pipe, a log): full names, never cut to a guessed width.
-        out.print(table, width=None if out.is_terminal else 100_000)
+        wide = Console(width=1 << 16, highlight=False, soft_wrap=True)
+        (out if out.is_terminal else wide).print(table)
     else:
         out.print("  (no archives)")
     if r["missing"]:
