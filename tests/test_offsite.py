@@ -771,3 +771,96 @@ def test_offsite_retries_counts_retries_after_the_first_attempt(
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     (row,) = [ln for ln in readme.splitlines() if ln.startswith("| `offsite.retries`")]
     assert "after its first attempt" in row and "up to 4 attempts" in row
+
+
+# -- encrypted copies back: identity before the download (issue 14, item 14) -------------------
+
+
+def encrypted_copy_setup(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Any]:
+    """A backup whose only copy is an encrypted one on a folder target; returns (identity
+    file, the backup's JSON report)."""
+    identity_file, recipient = keygen(app, tmp_path)
+    target = tmp_path / "nas"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    report = run_json(app, "backup")
+    for p in app.archives():
+        p.unlink()
+    return identity_file, report
+
+
+def test_pull_decrypt_needs_the_identity_before_downloading(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, report = encrypted_copy_setup(app, tmp_path, monkeypatch)
+    name = report["archive"]
+    # No identity anywhere: refused at once, nothing downloaded.
+    proc = app.run("offsite", "pull", "--decrypt", check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert "identity" in proc.stderr
+    assert app.archives("backup_*") == [] and no_temp_files(app.backups)
+    missing_file = app.run("offsite", "pull", "--identity", str(tmp_path / "nope.txt"), check=False)
+    assert missing_file.returncode == 11 and app.archives() == []
+    # With it: the plaintext archive, verified, and no encrypted copy beside it.
+    pulled = run_json(app, "offsite", "pull", "--decrypt", "--identity", str(identity_file))
+    assert pulled["name"] == name and [p.name for p in app.archives()] == [name]
+    assert sha256_file(app.backups / name) == report["sha256"]
+    check_against_manifest(scan_file(app.backups / name))
+    assert no_temp_files(app.backups)
+
+
+def test_pull_hint_and_restore_from_name_the_identity(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, report = encrypted_copy_setup(app, tmp_path, monkeypatch)
+    proc = app.run("offsite", "pull", "--identity", str(identity_file))
+    (path,) = app.archives()
+    assert path.name == report["archive"] + ".age"
+    assert f"restore {path.name} --identity {identity_file}" in proc.stdout, proc.stdout
+    path.unlink()
+    # restore --from without a key: refused before anything is downloaded.
+    refused = app.run("restore", "--from", "1", "--yes", check=False)
+    assert refused.returncode == 11, refused.stderr
+    assert app.archives() == [] and no_temp_files(app.backups)
+
+
+def test_undo_command_names_the_identity_for_an_encrypted_safety_backup(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", "all")
+    run_json(app, "backup")
+    result = run_json(app, "restore", "--yes", "--identity", str(identity_file))
+    undo = result["undo_command"]
+    assert result["safety_backup"].endswith(".age")
+    assert f"--identity {identity_file}" in undo, undo
+    # The printed command works as it is.
+    import shlex
+
+    args = shlex.split(undo)
+    assert args[0] == "aica-backup"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aica_backup", *args[1:]], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_fetch_decrypting_with_a_wrong_key_leaves_nothing(app: App, tmp_path: Path) -> None:
+    from aica_backup.errors import CryptoError
+
+    identity = pyrage.x25519.Identity.generate()
+    archive = archive_of(app)
+    nas = LocalStorage(tmp_path / "nas")
+    copy = offsite.push(nas, archive, work_dir=tmp_path, recipients=[identity.to_public()])
+    dest = tmp_path / "back"
+    dest.mkdir()
+    with pytest.raises(CryptoError, match="wrong identity"):
+        offsite.fetch(nas, copy.name, dest, [pyrage.x25519.Identity.generate()])
+    assert list(dest.iterdir()) == []
+    path = offsite.fetch(nas, copy.name, dest, [identity])
+    assert path.name == archive.name and sha256_file(path) == archive.sha256
+    assert sorted(p.name for p in dest.iterdir()) == [archive.name]
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -189,18 +189,38 @@ def push_after_backup(s: Settings, result: BackupResult) -> list[dict[str, Any]]
     return [report_dict(r, name) for r in reports]
 
 
-def fetch_for_restore(s: Settings, target: str | None, archive: str | None) -> Path:
+def fetch_for_restore(
+    s: Settings,
+    target: str | None,
+    archive: str | None,
+    *,
+    identity: Path | None = None,
+    need_key: bool = False,
+    decrypt: bool = False,
+) -> Path:
     """Download ``archive`` (default: the newest backup) from ``target`` (default: the first
-    configured) into the local backups folder, verified; return its path."""
+    configured) into the local backups folder, verified; return its path.
+
+    For an encrypted copy the identity (``identity``, else the configured one) is loaded
+    *before* the download when it will be needed (``need_key``: a restore; ``decrypt``: the
+    plaintext is wanted) or was given: a missing or wrong key file costs no transfer.
+    """
     location = resolve_targets(s, target)[0]
     storage = open_target(s, location)
     wanted = Path(archive).name if archive else None
     copy = offsite.find_copy(offsite.list_copies(storage), wanted, location)
+    identities: list[Any] | None = None
+    if offsite.is_encrypted(copy.name) and (need_key or decrypt or identity is not None):
+        from ..crypto import load_identities
+
+        identities = load_identities(identity or s.identity_path)
     layout = s.layout()
     ensure_private_dir(layout.backups_dir)
     # Under the lock: a backup starting meanwhile would clean up our temp file as a leftover.
     with exclusive_lock(layout.meta_dir, "offsite pull", s.backup.lock_wait):
-        return offsite.fetch(storage, copy.name, layout.backups_dir)
+        return offsite.fetch(
+            storage, copy.name, layout.backups_dir, identities if decrypt else None
+        )
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -386,18 +406,37 @@ def pull_command(
         str | None, typer.Argument(help="Archive name (default: the newest complete backup).")
     ] = None,
     json_out: bool = JSON_OPTION,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            help="age identity file: checked before the download, named in the restore hint.",
+            dir_okay=False,
+        ),
+    ] = None,
+    decrypt: Annotated[
+        bool,
+        typer.Option(
+            "--decrypt",
+            help="Decrypt an encrypted copy on arrival: keep only the plaintext archive.",
+        ),
+    ] = False,
 ) -> None:
     """Download an archive into the local backups folder, verified.
 
     Its SHA-256 is checked before it appears there: a corrupt copy leaves nothing behind.
+    An encrypted copy stays encrypted unless --decrypt is given (it needs the identity: from
+    --identity, AICA_BACKUP_IDENTITY or encryption.identity, checked before the download).
     """
     s = settings(ctx)
-    path = fetch_for_restore(s, target, name)
+    path = fetch_for_restore(s, target, name, identity=identity, decrypt=decrypt)
     if json_out:
         emit_json({"ok": True, "path": str(path), "name": path.name, "size": path.stat().st_size})
         return
+    from .archives import identity_option
+
     out.print(f"Downloaded and verified: {path}", markup=False)
-    out.print(f"Restore it with: aica-backup restore {path.name}", markup=False)
+    hint = f"aica-backup restore {shlex.quote(path.name)}{identity_option(s, path.name, identity)}"
+    out.print(f"Restore it with: {hint}", markup=False)
 
 
 def register(root: typer.Typer) -> None:

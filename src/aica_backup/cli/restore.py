@@ -17,7 +17,7 @@ from ..errors import AbortedError, UsageError
 from ..layout import COMPONENT_ORDER, Component, Layout
 from ..lock import exclusive_lock
 from ..restore import RestoreOptions, RestoreResult, restore
-from .archives import identities_for, resolve_archive
+from .archives import identities_for, identity_option, resolve_archive
 from .backup import backup_options
 from .common import (
     JSON_OPTION,
@@ -108,12 +108,16 @@ def confirm(
         raise AbortedError("restore cancelled; nothing was changed")
 
 
-def undo_command(layout: Layout, result: RestoreResult) -> str | None:
+def undo_command(
+    s: Settings, layout: Layout, result: RestoreResult, identity: Path | None = None
+) -> str | None:
     if result.safety_backup is None:
         return None
     path = layout.backups_dir / result.safety_backup
+    key = identity_option(s, result.safety_backup, identity)  # an encrypted safety backup
     return (
-        f"aica-backup --root {shlex.quote(str(layout.root))} restore {shlex.quote(str(path))} --yes"
+        f"aica-backup --root {shlex.quote(str(layout.root))} restore {shlex.quote(str(path))} "
+        f"--yes{key}"
     )
 
 
@@ -194,7 +198,7 @@ def command(
     if from_target is not None:
         from .offsite import fetch_for_restore
 
-        path = fetch_for_restore(s, from_target, archive)
+        path = fetch_for_restore(s, from_target, archive, identity=identity, need_key=True)
     elif archive is not None:
         path = resolve_archive(catalog, archive)
     else:
@@ -236,7 +240,7 @@ def command(
             update(done, 0, "unpacking and verifying")
 
         result = restore(layout, path, options, progress=advance if update else None)
-    undo = undo_command(layout, result)
+    undo = undo_command(s, layout, result, identity)
     if json_out:
         emit_json({**result.to_dict(), "undo_command": undo})
         return

@@ -19,7 +19,14 @@ from ..codec import ENCRYPTED_SUFFIX
 from ..errors import ArchiveError, StorageError, UsageError
 from ..fsutil import atomic_file, free_bytes, owned_temp_file, storage_error
 from ..storage import NotFoundError, Storage, check_name
-from .form import LocalArchive, check_uploadable, satisfies, upload_form
+from .form import (
+    LocalArchive,
+    backup_of,
+    check_uploadable,
+    is_encrypted,
+    satisfies,
+    upload_form,
+)
 
 MARKER_SUFFIX = ".sha256"
 MAX_MARKER_BYTES = 4096
@@ -262,8 +269,10 @@ def find_copy(
         if not backups:
             raise UsageError(f"{where} holds no complete backup")
         return backups[0]
-    for c in copies:
-        if c.name in (name, name + ENCRYPTED_SUFFIX):
+    by_name = {c.name: c for c in copies}
+    for wanted in (name, name + ENCRYPTED_SUFFIX):  # the exact name first
+        c = by_name.get(wanted)
+        if c is not None:
             if not c.complete:
                 raise ArchiveError(
                     f"the copy of {c.name} is incomplete ({c.problem})",
@@ -273,12 +282,17 @@ def find_copy(
     raise UsageError(f"no archive named {name!r} on {where}")
 
 
-def fetch(storage: Storage, name: str, dest_dir: Path) -> Path:
+def fetch(
+    storage: Storage, name: str, dest_dir: Path, identities: Sequence[Any] | None = None
+) -> Path:
     """Download the complete copy ``name`` into ``dest_dir`` and return its path.
 
     The bytes go to a temp file; their SHA-256 is compared with the copy's marker before the
     file is renamed into place, so a corrupt or truncated copy raises ArchiveError and leaves
     nothing behind. An identical file already in ``dest_dir`` is returned as it is.
+
+    With ``identities``, an encrypted copy is decrypted on arrival: the verified download stays
+    a temp file and only the plaintext archive (``NAME`` without ``.age``) appears.
     """
     check_name(name)
     marker = read_marker(storage, name)
@@ -296,28 +310,42 @@ def fetch(storage: Storage, name: str, dest_dir: Path) -> Path:
             f"the copy of {name} on {storage.location} is incomplete "
             f"({info.size} bytes, {size} were verified at upload)"
         )
-    dest = dest_dir / name
+    decrypt = bool(identities) and is_encrypted(name)
+    dest = dest_dir / (backup_of(name) if decrypt else name)
     if dest.exists():
-        if sha256_file(dest) == sha256:
+        if not decrypt and sha256_file(dest) == sha256:
             return dest
         raise UsageError(
-            f"{dest} already exists and differs from the copy on {storage.location}",
+            f"{dest} already exists and differs from the copy on {storage.location}"
+            if not decrypt
+            else f"{dest} already exists",
             hint="move the local file away first",
         )
     try:
-        if free_bytes(dest_dir) < info.size:
-            raise StorageError(
-                f"not enough free space in {dest_dir} for {name} ({info.size} bytes)"
-            )
-        with atomic_file(dest) as fh:
-            digest = _Digest(fh)
-            storage.get(name, cast(IO[bytes], digest))
-            if digest.sha.hexdigest() != sha256 or (size is not None and digest.size != size):
-                raise ArchiveError(
-                    f"the copy of {name} on {storage.location} is corrupt: its SHA-256 "
-                    "differs from the one verified at upload",
-                    hint="nothing was written; fetch it from another target",
-                )
+        needed = info.size * (2 if decrypt else 1)
+        if free_bytes(dest_dir) < needed:
+            raise StorageError(f"not enough free space in {dest_dir} for {name} ({needed} bytes)")
+        if not decrypt:
+            with atomic_file(dest) as fh:
+                _download(storage, name, sha256, size, fh)
+            return dest
+        from ..crypto import decrypt_file
+
+        with owned_temp_file(dest_dir, name) as tmp:
+            with open(tmp, "wb") as fh:
+                _download(storage, name, sha256, size, fh)
+            decrypt_file(tmp, dest, identities or [])
     except OSError as exc:
         raise storage_error(f"cannot write {dest}", exc) from exc
     return dest
+
+
+def _download(storage: Storage, name: str, sha256: str, size: int | None, fh: IO[bytes]) -> None:
+    digest = _Digest(fh)
+    storage.get(name, cast(IO[bytes], digest))
+    if digest.sha.hexdigest() != sha256 or (size is not None and digest.size != size):
+        raise ArchiveError(
+            f"the copy of {name} on {storage.location} is corrupt: its SHA-256 "
+            "differs from the one verified at upload",
+            hint="nothing was written; fetch it from another target",
+        )
