@@ -864,3 +864,47 @@ def test_fetch_decrypting_with_a_wrong_key_leaves_nothing(app: App, tmp_path: Pa
     assert path.name == archive.name and sha256_file(path) == archive.sha256
     assert sorted(p.name for p in dest.iterdir()) == [archive.name]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.integration
+def test_plaintext_copies_on_s3_are_reported_by_backup_and_replaced(
+    app: App, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", s3_location)
+    first = run_json(app, "backup")  # before encryption: a plaintext copy on S3
+    _, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", "all")
+    second = app.run("backup")
+    assert "--replace-plaintext" in second.stderr, second.stderr
+    storage = open_storage(s3_location)
+    assert {c.name for c in offsite.list_copies(storage) if c.complete} == {
+        first["archive"],
+        first["archive"] + ".age",
+        app.archives()[-1].name,
+    }
+    report = run_json(app, "offsite", "push", "--replace-plaintext")
+    assert report["targets"][0]["replaced"] == [first["archive"]]
+    names = {o.name for o in storage.list()}
+    assert names and all(n.endswith((".age", ".age.sha256")) for n in names), names
+    assert all(c.complete for c in offsite.list_copies(storage))
+
+
+def test_replace_plaintext_leaves_a_corrupt_copy_and_replaces_the_others(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    archives = [fake_archive(local, NOW - timedelta(days=d)) for d in range(2)]
+    nas = LocalStorage(tmp_path / "nas")
+    offsite.sync([Target("nas", nas)], archives, work_dir=tmp_path)  # plain copies
+    bad = tmp_path / "nas" / archives[0].name
+    data = bytearray(bad.read_bytes())
+    data[10] ^= 0x01  # bit rot: same size, so it still lists as complete
+    bad.write_bytes(bytes(data))
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    (report,) = offsite.sync(  # the local archives are gone: the copies are the only source
+        [Target("nas", nas)], [], work_dir=tmp_path, recipients=[recipient], replace=True
+    )
+    assert not report.ok and "corrupt" in (report.error or "")
+    assert report.replaced == [archives[1].name]
+    assert states(nas) == {archives[0].name: True, archives[1].name + ".age": True}
+    assert report.plaintext == [archives[0].name]
+    assert no_temp_files(tmp_path)

@@ -179,6 +179,14 @@ def command(
     for copy in report.get("offsite", []):
         if copy["ok"]:
             out.print(f"Offsite copy verified: {copy['target']} {copy['name']}", markup=False)
+        if copy.get("plaintext"):
+            from .offsite import replace_command
+
+            warn(
+                f"{len(copy['plaintext'])} unencrypted copies on {copy['target']} although "
+                f"encryption recipients are set; replace them with: "
+                f"{replace_command(copy['target'])}"
+            )
     for w in report["warnings"]:
         warn(w)
     if code != ExitCode.OK:

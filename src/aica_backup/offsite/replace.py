@@ -35,33 +35,46 @@ def replace_plaintext(
     *,
     work_dir: Path,
     log: Callable[[str], None] | None = None,
+    into: list[str] | None = None,
 ) -> list[str]:
-    """Replace every plaintext copy on ``storage``; return the names replaced (``local``:
-    the local archives by name, preferred as the source of the encrypted copy)."""
+    """Replace every plaintext copy on ``storage``; return the names replaced (also appended
+    to ``into`` as they go, so a failure part-way still reports what was done). ``local``: the
+    local archives by name, preferred as the source of the encrypted copy.
+
+    A corrupt plaintext copy is left in place and the others are still replaced; then its
+    ArchiveError is raised. A storage failure stops at once.
+    """
     if not recipients:
         raise UsageError(
             "no encryption recipients are set: nothing to encrypt the copies to",
             hint="set [encryption] recipients first (aica-backup keygen makes a key)",
         )
     say = log or (lambda _msg: None)
+    replaced = into if into is not None else []
     copies = list_copies(storage)
     complete = {c.name for c in copies if c.complete}
-    replaced: list[str] = []
+    corrupt: list[ArchiveError] = []
     for copy in plaintext(copies):
         sealed_name = target_name(copy.name, sealed=True)
         if sealed_name not in complete:
             source = local.get(copy.name)
-            if copy.complete and (source is None or source.sha256 != copy.sha256):
-                with _downloaded(storage, copy, work_dir) as fetched:
-                    push(storage, fetched, work_dir=work_dir, recipients=recipients)
-            elif source is not None:
-                push(storage, source, work_dir=work_dir, recipients=recipients)
+            try:
+                if copy.complete and (source is None or source.sha256 != copy.sha256):
+                    with _downloaded(storage, copy, work_dir) as fetched:
+                        push(storage, fetched, work_dir=work_dir, recipients=recipients)
+                elif source is not None:
+                    push(storage, source, work_dir=work_dir, recipients=recipients)
+            except ArchiveError as exc:  # this copy (or its local archive) is damaged
+                corrupt.append(exc)
+                continue
             if copy.complete or source is not None:
                 say(f"{storage.location}: {sealed_name} copied and verified")
         storage.delete(marker_name(copy.name))
         storage.delete(copy.name)
         say(f"{storage.location}: plaintext {copy.name} deleted")
         replaced.append(copy.name)
+    if corrupt:
+        raise corrupt[0]
     return replaced
 
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..codec import ENCRYPTED_SUFFIX as ENCRYPTED
 from ..errors import AicaBackupError, StorageError
 from ..retention import Candidate, Policy, apply_policy
 from ..storage import Storage
@@ -29,7 +28,7 @@ from .copies import (
     name_sort_key,
     push,
 )
-from .form import LocalArchive, backup_of, is_encrypted, plaintext, upload_form
+from .form import LocalArchive, backup_of, is_encrypted, plaintext, target_name, upload_form
 from .replace import replace_plaintext
 
 Log = Callable[[str], None]
@@ -65,7 +64,7 @@ def prune_copies(
         return []
     newest = max(complete, key=name_sort_key)
     candidates = [
-        Candidate(b, _parsed_time(b), pinned=b in pinned or b + ENCRYPTED in pinned)
+        Candidate(b, _parsed_time(b), pinned=b in pinned or target_name(b, sealed=True) in pinned)
         for b in complete
     ]
     decision = apply_policy(candidates, policy, now)
@@ -226,13 +225,17 @@ def sync(
             storage = targets[i].storage
             if replace and sealed and reports[i].ok:
                 local = {a.name: a for a in archives}
-                done = _guarded(
+                _guarded(
                     reports[i],
                     lambda: replace_plaintext(
-                        storage, local, recipients, work_dir=work_dir, log=say
+                        storage,
+                        local,
+                        recipients,
+                        work_dir=work_dir,
+                        log=say,
+                        into=reports[i].replaced,
                     ),
                 )
-                reports[i].replaced = done or []
             if policy is not None and reports[i].ok:  # else keep all: the target is behind
                 removed = _guarded(
                     reports[i],
