@@ -107,14 +107,18 @@ _OWNED_TEMP = re.compile(r"^" + re.escape(TMP_PREFIX) + r".+?\.(\d+)(?:\.[0-9a-f
 
 @contextlib.contextmanager
 def owned_temp_file(folder: Path, label: str) -> Iterator[Path]:
-    """A new empty private (0600) temp file in ``folder``, removed on exit.
+    """A new empty private (0600) temp file in ``folder``, removed on exit (StorageError if it
+    cannot be created).
 
     Its name carries this process's id and it stays ``flock``-ed while in use, so
     :func:`remove_dead_temp_files` in a later (or concurrent) command removes it only once
     its owner is gone, even when the owner runs in another pid namespace (a container).
     """
     path = folder / f"{TMP_PREFIX}{label}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except OSError as exc:
+        raise storage_error(f"cannot create a temp file in {folder}", exc) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield path

@@ -108,13 +108,7 @@ def encrypted(
     if not recipients:
         raise CryptoError("no recipients to encrypt to")
     name = target_name(archive.name, sealed=True)
-    try:
-        owned = owned_temp_file(work_dir, name)
-        path = owned.__enter__()
-    except OSError as exc:
-        raise storage_error(f"cannot create a temp file in {work_dir}", exc) from exc
-    with contextlib.ExitStack() as stack:
-        stack.push(owned)
+    with owned_temp_file(work_dir, name) as path:
         plain = hashlib.sha256()
         try:
             with open(path, "wb", buffering=BLOCK) as raw:

@@ -1,8 +1,9 @@
 """Copies for several targets at once: encryption for the trip, retention, the sync run.
 
-Each archive is encrypted once (when recipients are given) into a ``.tmp-`` file of the work
-folder and pushed to every target lacking it concurrently; a failing target never stops the
-others. Retention then runs on each target that is up to date.
+Each archive is given its upload form once (:mod:`.form`: encrypted into a ``.tmp-`` file of
+the work folder whenever recipients are given) and pushed to every target lacking it
+concurrently; a failing target never stops the others. Plaintext copies are replaced on request
+(:mod:`.replace`), then retention runs on each target that is up to date.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def prune_copies(
     pinned: frozenset[str] = frozenset(),
     dry_run: bool = False,
 ) -> list[str]:
-    """Apply ``policy`` to the complete backup copies on ``storage``; return what was removed.
+    """Apply ``policy`` to the complete backups on ``storage``; return the objects removed.
 
-    Also removes incomplete uploads older than the oldest copy kept (they can never become
-    useful). ``pinned`` holds local archive names; a pinned archive's copy is kept. Each
-    marker is deleted before its object, so a crash leaves an incomplete copy, never a
-    marker vouching for nothing. The newest complete copy is never removed.
+    A backup is counted once whatever its forms (``NAME``, ``NAME.age``: see
+    :func:`~.form.backup_of`); its forms are kept or removed together, plaintext first. Also
+    removes incomplete uploads older than the oldest copy kept (they can never become useful).
+    ``pinned`` holds local archive names; a pinned archive's copy is kept. Each marker is
+    deleted before its object, so a crash leaves an incomplete copy, never a marker vouching
+    for nothing. The newest complete copy is never removed.
     """
     backups = [c for c in copies if archive_kind(c.name) == "backup"]
     # One backup is one backup in whatever form: NAME and NAME.age compete as one candidate,
