@@ -356,6 +356,7 @@ def push_command(
     facts: dict[str, Any] = {
         "targets": len(reports),
         "pushed": sum(len(r.pushed) for r in reports),
+        "replaced": sum(len(r.replaced) for r in reports),
         "seconds": round(time.monotonic() - started, 1),
     }
     if not ok:
