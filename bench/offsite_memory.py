@@ -76,7 +76,7 @@ def main() -> int:
     seconds = time.monotonic() - started
     after = peak_rss_mib()
     copies = {c.name: c for c in offsite.list_copies(storage)}
-    remote = offsite.remote_name(src.name, True)
+    remote = offsite.target_name(src.name, sealed=True)
     result = {
         "ok": report.ok and copies.get(remote) is not None and copies[remote].complete,
         "error": report.error,

@@ -265,3 +265,70 @@ def test_spread_subfolders_sets_the_top_folder_hint_where_there_is_one(tmp_path:
             os.close(fd)
         pytest.fail("spread_subfolders did not set the 'T' attribute this file system has")
     assert not (_flags(tmp_path / "staging") or 0) & fsutil._FS_TOPDIR_FL  # not inherited
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_remove_dead_temp_files_spares_live_owners(tmp_path: Path) -> None:
+    import subprocess
+
+    dead = _dead_pid()
+    gone = [
+        f".tmp-backup_20241010_030000.tar.gz.age.{dead}.0a1b2c3d",  # owned_temp_file
+        f".tmp-backup_20241010_030000.tar.gz.{dead}",  # atomic_file
+    ]
+    for name in gone:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    kept = [
+        f".tmp-backup_20241010_030001.tar.gz.{os.getpid()}",  # a live owner (this process)
+        ".tmp-backup_20241010_030002.tar.gz",  # no pid: only its own command may judge it
+        "backup_20241010_030000.tar.gz",  # not a temp file at all
+    ]
+    for name in kept:
+        (tmp_path / name).write_bytes(b"y")
+    # A dead-looking pid, but the file is locked by a live process (another pid namespace,
+    # e.g. a container sharing the folder): left alone.
+    locked = tmp_path / f".tmp-backup_20241010_030003.tar.gz.age.{dead}.00000000"
+    locked.write_bytes(b"z")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('ready', flush=True); time.sleep(60)\n",
+            str(locked),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        removed = fsutil.remove_dead_temp_files(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(removed) == sorted(gone)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, locked.name])
+    assert fsutil.remove_dead_temp_files(tmp_path / "missing") == []
+
+
+def test_owned_temp_file_is_private_locked_and_removed(tmp_path: Path) -> None:
+    with fsutil.owned_temp_file(tmp_path, "backup_20241010_030000.tar.gz.age") as path:
+        assert path.name.startswith(f".tmp-backup_20241010_030000.tar.gz.age.{os.getpid()}.")
+        assert path.stat().st_mode & 0o777 == 0o600
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # its owner holds it while in use
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        assert fsutil.remove_dead_temp_files(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []

@@ -88,7 +88,7 @@ def test_object_without_marker_is_incomplete_and_pushed_again(app: App, tmp_path
     nas.put(archive.name, archive.path)  # an upload that died before its verification
     (copy,) = offsite.list_copies(nas)
     assert not copy.complete and "no checksum marker" in (copy.problem or "")
-    assert offsite.missing([copy], [archive], encrypt=False) == [archive]
+    assert offsite.missing([copy], [archive], sealed=False) == [archive]
     (report,) = offsite.sync([Target("nas", nas)], [archive], work_dir=tmp_path)
     assert report.ok and report.pushed == [archive.name]
     assert states(nas) == {archive.name: True}
@@ -212,7 +212,7 @@ def test_offsite_encryption_ships_age_and_keeps_the_local_archive_plain(
     result = scan_file(fetched, [identity])
     check_against_manifest(result)
     # A local archive already encrypted ("all") is shipped as it is.
-    assert offsite.missing(offsite.list_copies(nas), [archive], encrypt=True) == []
+    assert offsite.missing(offsite.list_copies(nas), [archive], sealed=True) == []
 
 
 def test_a_damaged_local_archive_is_reported_not_shipped(app: App, tmp_path: Path) -> None:
@@ -549,3 +549,362 @@ def test_retry_wrapper_reports_attempts(tmp_path: Path) -> None:
     storage = RetryingStorage(Down(tmp_path), 1, sleep=lambda _s: None)
     (report,) = offsite.sync([Target("down", storage)], [], work_dir=tmp_path)
     assert not report.ok and "gave up after 2 attempts" in (report.error or "")
+
+
+# -- whenever recipients are set, nothing leaves unencrypted (issue 14, items 2 and 3) --------
+
+
+def objects_on(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def keygen(app: App, tmp_path: Path) -> tuple[Path, str]:
+    identity_file = tmp_path / "identity.txt"
+    proc = app.run("keygen", "--output", str(identity_file), "--json")
+    return identity_file, json.loads(proc.stdout)["recipient"]
+
+
+def only_encrypted(folder: Path) -> bool:
+    """True when every object on a folder target is an age file or the marker of one."""
+    return all(n.endswith((".age", ".age.sha256")) for n in objects_on(folder))
+
+
+def test_push_encrypts_a_plaintext_archive_whenever_recipients_are_given(
+    app: App, tmp_path: Path
+) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    archive = archive_of(app)  # made before encryption was turned on: plain
+    nas = LocalStorage(tmp_path / "nas")
+    copy = offsite.push(nas, archive, work_dir=tmp_path, recipients=[identity.to_public()])
+    assert copy.name == archive.name + ".age"
+    assert objects_on(tmp_path / "nas") == [copy.name, copy.name + ".sha256"]
+    dest = tmp_path / "back"
+    dest.mkdir()
+    check_against_manifest(scan_file(offsite.fetch(nas, copy.name, dest), [identity]))
+
+
+@pytest.mark.parametrize("mode", ["all", "offsite"])
+def test_archives_made_before_encryption_never_leave_in_plaintext(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    app.run("backup")  # two plain archives, made before encryption was turned on
+    app.run("backup")
+    old = [p.name for p in app.archives()]
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", mode)
+    # `offsite push` to a target:
+    pushed_to = tmp_path / "pushed"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(pushed_to))
+    report = run_json(app, "offsite", "push")
+    assert sorted(report["targets"][0]["pushed"]) == sorted(f"{n}.age" for n in old)
+    assert only_encrypted(pushed_to), objects_on(pushed_to)
+    # A normal backup to a newly added target:
+    added = tmp_path / "added"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", f"{pushed_to},{added}")
+    backup = run_json(app, "backup")
+    assert all(c["ok"] for c in backup["offsite"])
+    assert only_encrypted(added), objects_on(added)
+    assert len([n for n in objects_on(added) if n.endswith(".age")]) == 3
+    for name in old:  # every old plaintext archive reached the target encrypted, readable
+        from aica_backup.crypto import load_identities
+
+        check_against_manifest(scan_file(added / f"{name}.age", load_identities(identity_file)))
+
+
+def test_offsite_list_and_doctor_report_plaintext_copies_and_the_command_replaces_them(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "nas"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    app.run("backup")  # copied in plaintext: no encryption configured yet
+    app.run("backup")
+    plain = objects_on(target)
+    names = [n for n in plain if not n.endswith(".sha256")]
+    assert len(names) == 2
+    # The older archive is gone locally: its only source is the plaintext copy on the target.
+    app.archives()[0].unlink()
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    (listing,) = run_json(app, "offsite", "list")
+    assert sorted(listing["plaintext"]) == sorted(names)
+    human = app.run("offsite", "list")
+    assert "aica-backup offsite push --replace-plaintext" in human.stdout + human.stderr
+    code, found = doctor_findings(app)
+    assert code == 2 and "aica-backup offsite push --replace-plaintext" in str(
+        found["offsite-plaintext"]["fix"]
+    )
+    assert target.exists() and objects_on(target) == plain  # reporting changes nothing
+
+    report = run_json(app, "offsite", "push", "--replace-plaintext")
+    assert report["ok"] and sorted(report["targets"][0]["replaced"]) == sorted(names)
+    assert objects_on(target) == sorted(
+        [f"{n}.age" for n in names] + [f"{n}.age.sha256" for n in names]
+    )
+    assert only_encrypted(target)
+    from aica_backup.crypto import load_identities
+
+    keys = load_identities(identity_file)
+    copies = {c.name: c for c in offsite.list_copies(open_storage(str(target)))}
+    for n in names:
+        assert copies[f"{n}.age"].complete
+        check_against_manifest(scan_file(target / f"{n}.age", keys))
+    (listing,) = run_json(app, "offsite", "list")
+    assert listing["plaintext"] == []
+    code, found = doctor_findings(app)
+    assert "offsite-plaintext" not in found
+
+
+def doctor_findings(app: App) -> tuple[int, dict[str, dict[str, Any]]]:
+    proc = app.run("doctor", "--json", check=False)
+    return proc.returncode, {f["code"]: f for f in json.loads(proc.stdout)["findings"]}
+
+
+def test_one_backup_in_two_forms_is_one_backup_for_retention(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    archives = [fake_archive(local, NOW - timedelta(days=d)) for d in range(3)]  # newest first
+    nas = LocalStorage(tmp_path / "nas")
+    offsite.sync([Target("nas", nas)], archives, work_dir=tmp_path)  # plain copies
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    # Encryption turned on: each push adds the .age copies, and retention (keep 2) must neither
+    # count them as extra backups nor delete them in favour of the plain ones.
+    for _ in range(2):
+        (report,) = offsite.sync(
+            [Target("nas", nas)],
+            archives[:2],
+            work_dir=tmp_path,
+            recipients=[recipient],
+            policy=Policy(keep_last=2),
+            now=NOW,
+        )
+        assert report.ok, report.error
+    left = states(nas)
+    for a in archives[:2]:
+        assert left.get(a.name + ".age") is True, left
+    assert not any(n.startswith(archives[2].name) for n in left), left  # one backup, both forms
+    # Each push after the first has nothing to do: the encrypted copies stayed.
+    assert report.pushed == [] and report.pruned == []
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_encrypted_push_leaves_nothing_after_any_next_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(tmp_path / "app")
+    with open(app.uploads / "video.bin", "wb") as fh:  # incompressible: a big archive
+        for _ in range(96):
+            fh.write(os.urandom(MIB))
+    app.run("backup")  # plain: made before encryption was turned on
+    _, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(tmp_path / "nas"))
+    meta = app.backups / ".aica-backup"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "offsite", "push"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    caught: list[Path] = []
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline and not caught:
+            caught = [p for p in meta.glob(".tmp-*.age*") if p.stat().st_size > 8 * MIB]
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL while the encrypted copy is being written or uploaded
+    finally:
+        proc.wait()
+    assert caught, "the encrypted temp file was never caught in flight"
+    assert all(p.exists() for p in caught)  # what the kill left behind
+    app.run("list")  # any command, not only the next backup
+    assert no_temp_files(app.backups), sorted(p.name for p in app.backups.rglob(".tmp-*"))
+
+
+def test_backup_json_with_a_failed_copy_says_one_line_naming_the_target_once(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    share = tmp_path / "nas-mount" / "aica"  # not mounted
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(share))
+    proc = app.run("backup", "--json", check=False)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["offsite"][0]["ok"]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "offsite copy failed" in lines[0], proc.stderr
+    assert lines[0].count(str(share)) == 1, lines[0]  # not "share: share: …"
+    human = app.run("backup", check=False)
+    assert human.returncode == 1
+    failed = [ln for ln in human.stderr.splitlines() if "offsite copy failed" in ln]
+    assert len(failed) == 1 and failed[0].count(str(share)) == 1, human.stderr
+    push = app.run("offsite", "push", check=False)
+    assert push.returncode == 7
+    assert push.stderr.count(str(share)) == 1, push.stderr
+
+
+def test_offsite_list_never_cuts_names_when_not_on_a_terminal(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / ("a-rather-long-folder-name-for-the-nas-share-" * 3)
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal's width must not leak into a pipe
+    app.run("backup")
+    (archive,) = app.archives()
+    proc = app.run("offsite", "list")  # stdout is a pipe
+    assert str(target) in proc.stdout
+    (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("backup_")]
+    assert row.split()[0] == archive.name and "complete" in row, proc.stdout
+
+
+@pytest.mark.parametrize(("retries", "attempts"), [("0", 1), ("2", 3)])
+def test_offsite_retries_counts_retries_after_the_first_attempt(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retries: str, attempts: int
+) -> None:
+    not_a_folder = tmp_path / "nas"
+    not_a_folder.write_text("a file where the target folder should be")  # listing fails
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(not_a_folder))
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_RETRIES", retries)
+    proc = app.run("offsite", "list", check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.count("retrying in") == attempts - 1, proc.stderr
+    if attempts > 1:
+        assert f"gave up after {attempts} attempts" in proc.stderr
+    # The README says the same as the code.
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (row,) = [ln for ln in readme.splitlines() if ln.startswith("| `offsite.retries`")]
+    assert "after its first attempt" in row and "up to 4 attempts" in row
+
+
+# -- encrypted copies back: identity before the download (issue 14, item 14) -------------------
+
+
+def encrypted_copy_setup(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Any]:
+    """A backup whose only copy is an encrypted one on a folder target; returns (identity
+    file, the backup's JSON report)."""
+    identity_file, recipient = keygen(app, tmp_path)
+    target = tmp_path / "nas"
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(target))
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    report = run_json(app, "backup")
+    for p in app.archives():
+        p.unlink()
+    return identity_file, report
+
+
+def test_pull_decrypt_needs_the_identity_before_downloading(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, report = encrypted_copy_setup(app, tmp_path, monkeypatch)
+    name = report["archive"]
+    # No identity anywhere: refused at once, nothing downloaded.
+    proc = app.run("offsite", "pull", "--decrypt", check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert "identity" in proc.stderr
+    assert app.archives("backup_*") == [] and no_temp_files(app.backups)
+    missing_file = app.run("offsite", "pull", "--identity", str(tmp_path / "nope.txt"), check=False)
+    assert missing_file.returncode == 11 and app.archives() == []
+    # With it: the plaintext archive, verified, and no encrypted copy beside it.
+    pulled = run_json(app, "offsite", "pull", "--decrypt", "--identity", str(identity_file))
+    assert pulled["name"] == name and [p.name for p in app.archives()] == [name]
+    assert sha256_file(app.backups / name) == report["sha256"]
+    check_against_manifest(scan_file(app.backups / name))
+    assert no_temp_files(app.backups)
+
+
+def test_pull_hint_and_restore_from_name_the_identity(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, report = encrypted_copy_setup(app, tmp_path, monkeypatch)
+    proc = app.run("offsite", "pull", "--identity", str(identity_file))
+    (path,) = app.archives()
+    assert path.name == report["archive"] + ".age"
+    assert f"restore {path.name} --identity {identity_file}" in proc.stdout, proc.stdout
+    path.unlink()
+    # restore --from without a key: refused before anything is downloaded.
+    refused = app.run("restore", "--from", "1", "--yes", check=False)
+    assert refused.returncode == 11, refused.stderr
+    assert app.archives() == [] and no_temp_files(app.backups)
+
+
+def test_undo_command_names_the_identity_for_an_encrypted_safety_backup(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity_file, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", "all")
+    run_json(app, "backup")
+    result = run_json(app, "restore", "--yes", "--identity", str(identity_file))
+    undo = result["undo_command"]
+    assert result["safety_backup"].endswith(".age")
+    assert f"--identity {identity_file}" in undo, undo
+    # The printed command works as it is.
+    import shlex
+
+    args = shlex.split(undo)
+    assert args[0] == "aica-backup"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aica_backup", *args[1:]], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_fetch_decrypting_with_a_wrong_key_leaves_nothing(app: App, tmp_path: Path) -> None:
+    from aica_backup.errors import CryptoError
+
+    identity = pyrage.x25519.Identity.generate()
+    archive = archive_of(app)
+    nas = LocalStorage(tmp_path / "nas")
+    copy = offsite.push(nas, archive, work_dir=tmp_path, recipients=[identity.to_public()])
+    dest = tmp_path / "back"
+    dest.mkdir()
+    with pytest.raises(CryptoError, match="wrong identity"):
+        offsite.fetch(nas, copy.name, dest, [pyrage.x25519.Identity.generate()])
+    assert list(dest.iterdir()) == []
+    path = offsite.fetch(nas, copy.name, dest, [identity])
+    assert path.name == archive.name and sha256_file(path) == archive.sha256
+    assert sorted(p.name for p in dest.iterdir()) == [archive.name]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.integration
+def test_plaintext_copies_on_s3_are_reported_by_backup_and_replaced(
+    app: App, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", s3_location)
+    first = run_json(app, "backup")  # before encryption: a plaintext copy on S3
+    _, recipient = keygen(app, tmp_path)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_RECIPIENTS", recipient)
+    monkeypatch.setenv("AICA_BACKUP_ENCRYPTION_ENCRYPT", "all")
+    second = app.run("backup")
+    assert "--replace-plaintext" in second.stderr, second.stderr
+    storage = open_storage(s3_location)
+    assert {c.name for c in offsite.list_copies(storage) if c.complete} == {
+        first["archive"],
+        first["archive"] + ".age",
+        app.archives()[-1].name,
+    }
+    report = run_json(app, "offsite", "push", "--replace-plaintext")
+    assert report["targets"][0]["replaced"] == [first["archive"]]
+    names = {o.name for o in storage.list()}
+    assert names and all(n.endswith((".age", ".age.sha256")) for n in names), names
+    assert all(c.complete for c in offsite.list_copies(storage))
+
+
+def test_replace_plaintext_leaves_a_corrupt_copy_and_replaces_the_others(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    archives = [fake_archive(local, NOW - timedelta(days=d)) for d in range(2)]
+    nas = LocalStorage(tmp_path / "nas")
+    offsite.sync([Target("nas", nas)], archives, work_dir=tmp_path)  # plain copies
+    bad = tmp_path / "nas" / archives[0].name
+    data = bytearray(bad.read_bytes())
+    data[10] ^= 0x01  # bit rot: same size, so it still lists as complete
+    bad.write_bytes(bytes(data))
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    (report,) = offsite.sync(  # the local archives are gone: the copies are the only source
+        [Target("nas", nas)], [], work_dir=tmp_path, recipients=[recipient], replace=True
+    )
+    assert not report.ok and "corrupt" in (report.error or "")
+    assert report.replaced == [archives[1].name]
+    assert states(nas) == {archives[0].name: True, archives[1].name + ".age": True}
+    assert report.plaintext == [archives[0].name]
+    assert no_temp_files(tmp_path)

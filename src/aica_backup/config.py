@@ -149,7 +149,7 @@ class OffsiteConfig(_Section):
     targets: list[str] = field(default_factory=list)
     retention: RetentionConfig | None = None
     parallel: int = _key(2, ge=1, le=16)
-    retries: int = _key(3, ge=1, le=20)
+    retries: int = _key(3, ge=0, le=20)  # after the first attempt: N retries, N + 1 attempts
 
 
 @dataclass

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import CryptoError, UsageError
-from .fsutil import PRIVATE_FILE, atomic_write_bytes
+from .fsutil import PRIVATE_FILE, atomic_file, atomic_write_bytes
 
 
 def _pyrage() -> Any:
@@ -153,6 +154,18 @@ def decrypting_reader(raw: IO[bytes], identities: Sequence[Any]) -> Iterator[IO[
     worker.join()
     if worker.error is not None:
         raise _decrypt_error(worker.error)
+
+
+def decrypt_file(src: Path, dest: Path, identities: Sequence[Any]) -> None:
+    """Write the plaintext of the age file ``src`` to ``dest`` (0600), atomically: a wrong key,
+    a truncated or a tampered file raises CryptoError and leaves ``dest`` as it was."""
+    # atomic_file first: it commits only after the reader's exit, where age vouches for the end.
+    with (
+        atomic_file(dest) as out,
+        open(src, "rb") as raw,
+        decrypting_reader(raw, identities) as plain,
+    ):
+        shutil.copyfileobj(plain, out, 1 << 20)
 
 
 def _decrypt_error(exc: BaseException) -> CryptoError:

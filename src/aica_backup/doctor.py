@@ -15,16 +15,22 @@ import pwd
 import shlex
 import sqlite3
 import stat
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .appctl import database_files, describe
 from .catalog import Catalog
+from .errors import AicaBackupError
 from .holders import find_holders
 from .layout import Layout
 from .leftovers import scan
 from .snapshot import connect_existing, open_snapshot
+
+if TYPE_CHECKING:
+    from .offsite import Target
 
 ERROR = "error"
 WARNING = "warning"
@@ -307,6 +313,37 @@ def check_leftovers(layout: Layout) -> list[Finding]:
                 f"check its owner and permissions, then: rm -rf {shlex.quote(str(item.path))}",
             )
         )
+def check_offsite_plaintext(targets: Sequence[Target], replace_command: str) -> list[Finding]:
+    """Unencrypted copies on the targets, for when encryption recipients are set (the caller
+    only asks then): each target holding any is an error, fixed by ``replace_command TARGET``.
+    A target that cannot be listed is a warning: it could not be checked."""
+    from .offsite import list_copies, plaintext
+
+    findings: list[Finding] = []
+    for t in targets:
+        try:
+            names = [c.name for c in plaintext(list_copies(t.storage))]
+        except AicaBackupError as exc:
+            findings.append(
+                Finding(
+                    "offsite-unreachable",
+                    WARNING,
+                    f"cannot check offsite target {t.label}: {exc.message}",
+                    "check the target (aica-backup offsite list)",
+                )
+            )
+            continue
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            findings.append(
+                Finding(
+                    "offsite-plaintext",
+                    ERROR,
+                    f"{len(names)} unencrypted copies on {t.label} although encryption "
+                    f"recipients are set: {shown}",
+                    f"{replace_command} {shlex.quote(t.label)}",
+                )
+            )
     return findings
 
 

@@ -17,6 +17,8 @@ import itertools
 import mmap
 import os
 import queue
+import re
+import secrets
 import shutil
 import stat
 import struct
@@ -128,6 +130,79 @@ def atomic_write_bytes(final: Path, data: bytes, mode: int = PRIVATE_FILE) -> No
     """Replace ``final`` with ``data`` atomically and durably."""
     with atomic_file(final, mode) as fh:
         fh.write(data)
+
+
+# A temp name that says which process owns it: ``.tmp-LABEL.PID`` (atomic_file) or
+# ``.tmp-LABEL.PID.TOKEN`` (owned_temp_file). Labels are file names without a ".digits" part.
+_OWNED_TEMP = re.compile(r"^" + re.escape(TMP_PREFIX) + r".+?\.(\d+)(?:\.[0-9a-f]{8})?$")
+
+
+@contextlib.contextmanager
+def owned_temp_file(folder: Path, label: str) -> Iterator[Path]:
+    """A new empty private (0600) temp file in ``folder``, removed on exit (StorageError if it
+    cannot be created).
+
+    Its name carries this process's id and it stays ``flock``-ed while in use, so
+    :func:`remove_dead_temp_files` in a later (or concurrent) command removes it only once
+    its owner is gone, even when the owner runs in another pid namespace (a container).
+    """
+    path = folder / f"{TMP_PREFIX}{label}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except OSError as exc:
+        raise storage_error(f"cannot create a temp file in {folder}", exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # before the lock goes: nobody can see it unlocked
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we can judge: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_dead_temp_files(folder: Path) -> list[str]:
+    """Remove the temp files in ``folder`` whose owning process is dead; return their names.
+
+    Only names that carry a pid count (see :func:`owned_temp_file`, :func:`atomic_file`); a
+    file whose pid is alive, or that someone still holds ``flock``-ed, is left alone, so this
+    is safe to run at any command's start while another command works. Never raises for a
+    file it cannot judge or remove: the next run tries again.
+    """
+    removed: list[str] = []
+    try:
+        names = [e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for name in names:
+        m = _OWNED_TEMP.match(name)
+        if m is None or _alive(int(m[1])):
+            continue
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()
+            removed.append(name)
+        except OSError:
+            continue  # held by a live owner elsewhere, or not ours to remove
+        finally:
+            os.close(fd)
+    return removed
 
 
 def free_bytes(path: Path) -> int:

@@ -325,3 +325,18 @@ def test_retry_never_retries_missing_objects(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         storage.get("backup_20241010_030000.tar.gz", io.BytesIO())
     assert slept == []
+
+
+@pytest.mark.integration
+def test_rclone_local_remote_writes_private_files(rclone_env: Path, tmp_path: Path) -> None:
+    # Archives hold the app's secrets: a folder reached through rclone is as private as a
+    # folder target (0600 files, 0700 folder), whatever the umask of the calling shell.
+    old = os.umask(0o022)
+    try:
+        storage = open_storage(f"rclone:local:{tmp_path / 'remote' / 'aica'}")
+        storage.put("backup_20241010_030000.tar.gz", write(tmp_path / "a", b"x" * 1000))
+    finally:
+        os.umask(old)
+    folder = tmp_path / "remote" / "aica"
+    assert (folder / "backup_20241010_030000.tar.gz").stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700

@@ -125,6 +125,10 @@ def _root(
         from .recover import finish_interrupted_restore
 
         finish_interrupted_restore(ctx)
+    if ctx.invoked_subcommand not in (None, "demo", "keygen", "schedule"):
+        from .common import remove_dead_leftovers
+
+        remove_dead_leftovers(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ def identities_for(s: Settings, archive: Path, identity: Path | None) -> list[An
     from ..crypto import load_identities
 
     return load_identities(identity or s.identity_path)
+
+
+def identity_option(s: Settings, archive_name: str, identity: Path | None) -> str:
+    """`` --identity FILE`` for a printed command that reads ``archive_name`` when it is
+    encrypted (the file given, else the configured one, else a placeholder); else ``""``."""
+    if not format_of(archive_name)[1]:
+        return ""
+    path = identity or s.identity_path
+    if path is None:
+        return " --identity IDENTITY_FILE"
+    return f" --identity {shlex.quote(str(path.expanduser().absolute()))}"
 
 
 def resolve_archive(catalog: Catalog, given: str) -> Path:

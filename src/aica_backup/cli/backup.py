@@ -129,7 +129,7 @@ def run_backup_job(
             if failed:
                 problems.append(
                     "offsite copy failed: "
-                    + "; ".join(f"{c['target']}: {c['error']}" for c in failed)
+                    + "; ".join(str(c["error"]) for c in failed)  # each names its target
                 )
                 code = max(code, ExitCode.WARNING)
         report["problems"] = problems
@@ -216,6 +216,8 @@ def command(
     )
     if json_out:
         emit_json(report)
+        for problem in problems:  # stdout is for the machine; a log of stderr still says why
+            warn(problem)
         return int(code)
     out.print(summary_line(result), markup=False)
     for name in report.get("pruned", []):
@@ -223,6 +225,14 @@ def command(
     for copy in report.get("offsite", []):
         if copy["ok"]:
             out.print(f"Offsite copy verified: {copy['target']} {copy['name']}", markup=False)
+        if copy.get("plaintext"):
+            from .offsite import replace_command
+
+            warn(
+                f"{len(copy['plaintext'])} unencrypted copies on {copy['target']} although "
+                f"encryption recipients are set; replace them with: "
+                f"{replace_command(copy['target'])}"
+            )
     for w in report["warnings"]:
         warn(w)
     for problem in problems:

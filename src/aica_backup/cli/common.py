@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 
 from ..config import Settings, load_settings
+from ..errors import AicaBackupError
+from ..fsutil import remove_dead_temp_files
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -49,6 +51,20 @@ def settings(
         warn(note)
     s.check_app_root()  # before anything is created under a root that may be wrong
     return s
+
+
+def remove_dead_leftovers(ctx: typer.Context) -> None:
+    """Every command's start: remove the temp files of processes that died (kill -9, power
+    loss) — e.g. a full-size encrypted copy left by an interrupted offsite push. Files of a
+    live concurrent run are never touched (:func:`~aica_backup.fsutil.remove_dead_temp_files`)."""
+    from ..catalog import Catalog
+
+    try:
+        layout = settings(ctx).layout()
+    except AicaBackupError:
+        return  # the command itself reports the configuration problem
+    for folder in (layout.backups_dir, layout.meta_dir, Catalog(layout.backups_dir).index_dir):
+        remove_dead_temp_files(folder)
 
 
 def emit_json(data: Any) -> None:

@@ -18,9 +18,18 @@ def command(
     ] = False,
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """Check backups, the database (locked, stale WAL, missing, corrupt) and permissions."""
+    """Check backups, the database (locked, stale WAL, missing, corrupt) and permissions.
+
+    With encryption recipients and offsite targets set, also look for unencrypted copies on
+    the targets.
+    """
     s = settings(ctx)
     findings = diagnose(s.layout(), max_age_hours=s.health.max_age_hours, fix=fix)
+    if s.encryption.recipients and s.offsite.targets:
+        from ..doctor import check_offsite_plaintext
+        from .offsite import REPLACE_COMMAND, configured_targets
+
+        findings += check_offsite_plaintext(configured_targets(s), REPLACE_COMMAND)
     open_ = [f for f in findings if not f.fixed and f.severity != INFO]
     if json_out:
         emit_json({"ok": not open_, "findings": [f.to_dict() for f in findings]})

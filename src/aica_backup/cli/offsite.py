@@ -8,11 +8,13 @@ location string (``/mnt/usb/aica``, ``s3://bucket/prefix``, ``rclone:remote:path
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from .. import offsite
@@ -64,17 +66,32 @@ def open_target(s: Settings, location: str) -> Storage:
     return RetryingStorage(base, retries=s.offsite.retries, on_retry=on_retry)
 
 
-def encrypts_offsite(s: Settings) -> bool:
-    """True when archives are encrypted only for the trip (local ones stay plain)."""
-    return bool(s.encryption.recipients) and s.encryption.encrypt == "offsite"
+def configured_targets(s: Settings) -> list[Target]:
+    """Every configured target, opened (a malformed location raises UsageError)."""
+    return [Target(loc, open_target(s, loc)) for loc in s.offsite.targets]
+
+
+def seals_copies(s: Settings) -> bool:
+    """True when copies must leave encrypted: whenever recipients are set, whatever
+    ``encryption.encrypt`` says (it only decides whether local archives are encrypted too)."""
+    return bool(s.encryption.recipients)
 
 
 def offsite_recipients(s: Settings) -> list[Any]:
-    if not encrypts_offsite(s):
+    """The recipients every copy is encrypted to on its way out ([] without encryption)."""
+    if not seals_copies(s):
         return []
     from ..crypto import parse_recipients
 
     return parse_recipients(s.encryption.recipients)
+
+
+REPLACE_COMMAND = "aica-backup offsite push --replace-plaintext"
+
+
+def replace_command(label: str | None = None) -> str:
+    """The command that replaces the plaintext copies on one target (or on every target)."""
+    return f"{REPLACE_COMMAND} {shlex.quote(label)}" if label else REPLACE_COMMAND
 
 
 def local_archives(s: Settings) -> tuple[list[LocalArchive], frozenset[str]]:
@@ -90,7 +107,12 @@ def local_archives(s: Settings) -> tuple[list[LocalArchive], frozenset[str]]:
 
 
 def run_sync(
-    s: Settings, locations: list[str], *, prune: bool = True, verbose: bool = False
+    s: Settings,
+    locations: list[str],
+    *,
+    prune: bool = True,
+    replace: bool = False,
+    verbose: bool = False,
 ) -> list[TargetReport]:
     """Push what each target lacks, verify, apply retention. Never raises for one target."""
     layout = s.layout()
@@ -114,6 +136,7 @@ def run_sync(
         parallel=s.offsite.parallel,
         policy=policy,
         pinned=pinned,
+        replace=replace,
         log=note if verbose else None,
     )
     in_order = iter(reports)  # sync answers in the order of ``opened``
@@ -129,6 +152,8 @@ def report_dict(r: TargetReport, name: str | None = None) -> dict[str, Any]:
         "seconds": round(r.seconds, 2),
         "pushed": r.pushed,
         "pruned": r.pruned,
+        "replaced": r.replaced,
+        "plaintext": r.plaintext,
     }
 
 
@@ -139,7 +164,7 @@ def push_after_backup(s: Settings, result: BackupResult) -> list[dict[str, Any]]
     because the local backup it follows has already succeeded.
     """
     started = time.monotonic()
-    name = offsite.remote_name(result.name, encrypts_offsite(s))
+    name = offsite.target_name(result.name, sealed=seals_copies(s))
     try:
         reports = run_sync(s, list(s.offsite.targets))
     except Exception as exc:  # e.g. bad recipients: every target failed, the backup did not
@@ -151,29 +176,51 @@ def push_after_backup(s: Settings, result: BackupResult) -> list[dict[str, Any]]
             {
                 "target": loc,
                 "ok": False,
-                "error": message,
+                "error": offsite.located(message, "", loc),
                 "name": name,
                 "seconds": seconds,
                 "pushed": [],
                 "pruned": [],
+                "replaced": [],
+                "plaintext": [],
             }
             for loc in s.offsite.targets
         ]
     return [report_dict(r, name) for r in reports]
 
 
-def fetch_for_restore(s: Settings, target: str | None, archive: str | None) -> Path:
+def fetch_for_restore(
+    s: Settings,
+    target: str | None,
+    archive: str | None,
+    *,
+    identity: Path | None = None,
+    need_key: bool = False,
+    decrypt: bool = False,
+) -> Path:
     """Download ``archive`` (default: the newest backup) from ``target`` (default: the first
-    configured) into the local backups folder, verified; return its path."""
+    configured) into the local backups folder, verified; return its path.
+
+    For an encrypted copy the identity (``identity``, else the configured one) is loaded
+    *before* the download when it will be needed (``need_key``: a restore; ``decrypt``: the
+    plaintext is wanted) or was given: a missing or wrong key file costs no transfer.
+    """
     location = resolve_targets(s, target)[0]
     storage = open_target(s, location)
     wanted = Path(archive).name if archive else None
     copy = offsite.find_copy(offsite.list_copies(storage), wanted, location)
+    identities: list[Any] | None = None
+    if offsite.is_encrypted(copy.name) and (need_key or decrypt or identity is not None):
+        from ..crypto import load_identities
+
+        identities = load_identities(identity or s.identity_path)
     layout = s.layout()
     ensure_private_dir(layout.backups_dir)
     # Under the lock: a backup starting meanwhile would clean up our temp file as a leftover.
     with exclusive_lock(layout.meta_dir, "offsite pull", s.backup.lock_wait):
-        return offsite.fetch(storage, copy.name, layout.backups_dir)
+        return offsite.fetch(
+            storage, copy.name, layout.backups_dir, identities if decrypt else None
+        )
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -191,11 +238,15 @@ def list_command(
     target: Annotated[str | None, TARGET_ARG] = None,
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """List the archives on each target: complete or incomplete, and what is missing."""
+    """List the archives on each target: complete or incomplete, and what is missing.
+
+    With encryption recipients set, copies stored unencrypted are listed as plaintext, with
+    the command that replaces them.
+    """
     s = settings(ctx)
     locations = resolve_targets(s, target)
     archives, _ = local_archives(s)
-    encrypt = encrypts_offsite(s)
+    sealed = seals_copies(s)
     storages = [open_target(s, loc) for loc in locations]  # a malformed location: exit 3
     results: list[dict[str, Any]] = []
     for index, (loc, storage) in enumerate(zip(locations, storages, strict=True), 1):
@@ -206,14 +257,17 @@ def list_command(
             "error": None,
             "copies": [],
             "missing": [],
+            "plaintext": [],
         }
         try:
             copies = offsite.list_copies(storage)
         except AicaBackupError as exc:
-            entry.update(ok=False, error=exc.message)
+            entry.update(ok=False, error=offsite.located(exc.message, storage.location, loc))
         else:
             entry["copies"] = [c.to_dict() for c in copies]
-            entry["missing"] = [a.name for a in offsite.missing(copies, archives, encrypt=encrypt)]
+            entry["missing"] = [a.name for a in offsite.missing(copies, archives, sealed=sealed)]
+            if sealed:
+                entry["plaintext"] = [c.name for c in offsite.plaintext(copies)]
         results.append(entry)
     code = ExitCode.OK if all(r["ok"] for r in results) else ExitCode.STORAGE
     if json_out:
@@ -227,7 +281,7 @@ def list_command(
 def _print_target(r: dict[str, Any]) -> None:
     out.print(f"#{r['index']} {r['target']}", markup=False, style="bold")
     if not r["ok"]:
-        warn(f"cannot list {r['target']}: {r['error']}")
+        warn(f"cannot list: {r['error']}")
         return
     copies = r["copies"]
     if copies:
@@ -236,15 +290,24 @@ def _print_target(r: dict[str, Any]) -> None:
             table.add_column(col, justify="right" if col == "size" else "left")
         for c in copies:
             state = "complete" if c["complete"] else f"INCOMPLETE: {c['problem']}"
+            if c["name"] in r["plaintext"]:
+                state += " (PLAINTEXT)"
             when = c["time"][:19].replace("T", " ")
             table.add_row(c["name"], when, human_size(c["size"]), state)
-        out.print(table)
+        # Not on a terminal (a pipe, a log): full names, never cut to a guessed width.
+        wide = Console(width=1 << 16, highlight=False, soft_wrap=True)
+        (out if out.is_terminal else wide).print(table)
     else:
         out.print("  (no archives)")
     if r["missing"]:
         out.print(
             f"  missing here: {', '.join(r['missing'])} (copy them with: aica-backup offsite push)",
             markup=False,
+        )
+    if r["plaintext"]:
+        warn(
+            f"{len(r['plaintext'])} unencrypted copies on {r['target']} although encryption "
+            f"recipients are set; replace them with: {replace_command(r['target'])}"
         )
 
 
@@ -260,45 +323,78 @@ def push_command(
         float | None,
         typer.Option(min=0, help="Seconds to wait for a running backup or restore."),
     ] = None,
+    replace_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--replace-plaintext",
+            help="Replace the unencrypted copies on the targets (made before encryption "
+            "recipients were set) with verified encrypted ones, then delete them.",
+        ),
+    ] = False,
 ) -> int:
     r"""Copy to each target the backups it lacks or holds incomplete, verified.
 
-    Every copy is read back and its SHA-256 checked before it counts.
+    Every copy is read back and its SHA-256 checked before it counts. With encryption
+    recipients set, every copy leaves encrypted (NAME.age), whatever encryption.encrypt says.
 
     Then retention runs on each target: \[offsite.retention] if set, else \[retention].
     """
     s = settings(ctx)
     locations = resolve_targets(s, target)
+    if replace_plaintext and not seals_copies(s):
+        raise UsageError(
+            "--replace-plaintext needs encryption recipients: there is nothing to encrypt to",
+            hint="set [encryption] recipients in aica-backup.toml (aica-backup keygen makes a key)",
+        )
     started = time.monotonic()
     with exclusive_lock(
         s.layout().meta_dir, "offsite push", s.backup.lock_wait if wait is None else wait
     ):
-        reports = run_sync(s, locations, prune=not no_prune, verbose=not json_out)
+        reports = run_sync(
+            s, locations, prune=not no_prune, replace=replace_plaintext, verbose=not json_out
+        )
     ok = all(r.ok for r in reports)
     facts: dict[str, Any] = {
         "targets": len(reports),
         "pushed": sum(len(r.pushed) for r in reports),
+        "replaced": sum(len(r.replaced) for r in reports),
         "seconds": round(time.monotonic() - started, 1),
     }
     if not ok:
-        facts["error"] = "; ".join(f"{r.label}: {r.error}" for r in reports if not r.ok)
+        facts["error"] = "; ".join(str(r.error) for r in reports if not r.ok)
     warnings = reporting.finished(s, "offsite push", ok=ok, facts=facts)
+    warnings += plaintext_warnings(reports)
     failed = [e for r in reports for e in r.errors]
     code = ExitCode.OK if ok else (failed[0].exit_code if failed else ExitCode.STORAGE)
     if json_out:
         emit_json({"ok": ok, "targets": [report_dict(r) for r in reports], "warnings": warnings})
+        for r in reports:  # stdout is for the machine; the log reader still sees each failure
+            if not r.ok:
+                warn(str(r.error))
         return int(code)
     for r in reports:
         if r.ok:
             pushed = ", ".join(r.pushed) if r.pushed else "nothing to copy"
             out.print(f"{r.label}: {pushed}", markup=False)
+            for name in r.replaced:
+                out.print(f"{r.label}: plaintext copy replaced: {name}", markup=False)
             for name in r.pruned:
                 out.print(f"{r.label}: removed by retention: {name}", markup=False)
         else:
-            warn(f"{r.label}: {r.error}")
+            warn(str(r.error))
     for w in warnings:
         warn(w)
     return int(code)
+
+
+def plaintext_warnings(reports: list[TargetReport]) -> list[str]:
+    """One warning per target still holding unencrypted copies although recipients are set."""
+    return [
+        f"{len(r.plaintext)} unencrypted copies on {r.label} although encryption recipients "
+        f"are set; replace them with: {replace_command(r.label)}"
+        for r in reports
+        if r.plaintext
+    ]
 
 
 @app.command("pull")
@@ -312,18 +408,37 @@ def pull_command(
         str | None, typer.Argument(help="Archive name (default: the newest complete backup).")
     ] = None,
     json_out: bool = JSON_OPTION,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            help="age identity file: checked before the download, named in the restore hint.",
+            dir_okay=False,
+        ),
+    ] = None,
+    decrypt: Annotated[
+        bool,
+        typer.Option(
+            "--decrypt",
+            help="Decrypt an encrypted copy on arrival: keep only the plaintext archive.",
+        ),
+    ] = False,
 ) -> None:
     """Download an archive into the local backups folder, verified.
 
     Its SHA-256 is checked before it appears there: a corrupt copy leaves nothing behind.
+    An encrypted copy stays encrypted unless --decrypt is given (it needs the identity: from
+    --identity, AICA_BACKUP_IDENTITY or encryption.identity, checked before the download).
     """
     s = settings(ctx)
-    path = fetch_for_restore(s, target, name)
+    path = fetch_for_restore(s, target, name, identity=identity, decrypt=decrypt)
     if json_out:
         emit_json({"ok": True, "path": str(path), "name": path.name, "size": path.stat().st_size})
         return
+    from .archives import identity_option
+
     out.print(f"Downloaded and verified: {path}", markup=False)
-    out.print(f"Restore it with: aica-backup restore {path.name}", markup=False)
+    hint = f"aica-backup restore {shlex.quote(path.name)}{identity_option(s, path.name, identity)}"
+    out.print(f"Restore it with: {hint}", markup=False)
 
 
 def register(root: typer.Typer) -> None:

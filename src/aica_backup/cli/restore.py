@@ -22,7 +22,7 @@ from ..leftovers import release_empty_wal, remove_dead
 from ..lock import exclusive_lock
 from ..restore import LARGEST, Change, RestoreOptions, RestoreResult, restore
 from . import reporting
-from .archives import identities_for, resolve_archive
+from .archives import identities_for, identity_option, resolve_archive
 from .backup import backup_options
 from .common import (
     JSON_OPTION,
@@ -110,12 +110,16 @@ def confirm(layout: Layout, archive: Path, changes: list[Change], yes: bool) -> 
         raise AbortedError("restore cancelled; nothing was changed")
 
 
-def undo_command(layout: Layout, result: RestoreResult) -> str | None:
+def undo_command(
+    s: Settings, layout: Layout, result: RestoreResult, identity: Path | None = None
+) -> str | None:
     if result.safety_backup is None:
         return None
     path = layout.backups_dir / result.safety_backup
+    key = identity_option(s, result.safety_backup, identity)  # an encrypted safety backup
     return (
-        f"aica-backup --root {shlex.quote(str(layout.root))} restore {shlex.quote(str(path))} --yes"
+        f"aica-backup --root {shlex.quote(str(layout.root))} restore {shlex.quote(str(path))} "
+        f"--yes{key}"
     )
 
 
@@ -197,7 +201,7 @@ def command(
     if from_target is not None:
         from .offsite import fetch_for_restore
 
-        path = fetch_for_restore(s, from_target, archive)
+        path = fetch_for_restore(s, from_target, archive, identity=identity, need_key=True)
     elif archive is not None:
         path = resolve_archive(catalog, archive)
     else:
@@ -261,7 +265,7 @@ def command(
         facts["safety_backup"] = result.safety_backup
         for w in reporting.finished(s, "restore", ok=True, facts=facts, notify=False):
             warn(w)
-    undo = undo_command(layout, result)
+    undo = undo_command(s, layout, result, identity)
     if json_out:
         emit_json({**result.to_dict(), "undo_command": undo})
         return

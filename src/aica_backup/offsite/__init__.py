@@ -15,13 +15,16 @@ A copy is *complete* when its marker exists and names the object's size; anythin
 *incomplete* (an interrupted upload), never counted as a backup, and uploaded again next time.
 ``fetch`` checks the SHA-256 against the marker before the file appears under its name.
 
-With recipients, archives are encrypted for the trip (``X.tar.gz`` → ``X.tar.gz.age``) into a
-``.tmp-`` file in the work folder, streamed through age, so memory stays flat.
+Which form of an archive goes to a target is decided in one place, :mod:`.form`: whenever
+recipients are given, a plaintext archive is encrypted for the trip (``X.tar.gz`` →
+``X.tar.gz.age``) into a ``.tmp-`` file in the work folder, streamed through age, so memory
+stays flat — whatever the local archives' mode and whenever they were made. ``X.tar.gz`` and
+``X.tar.gz.age`` on a target are one backup in two forms. :mod:`.replace` swaps plaintext
+copies left from before encryption for encrypted ones.
 """
 
 from .copies import (
     MARKER_SUFFIX,
-    LocalArchive,
     RemoteCopy,
     fetch,
     find_copy,
@@ -32,10 +35,19 @@ from .copies import (
     parse_marker,
     push,
     read_marker,
-    remote_name,
     verify_copy,
 )
-from .sync import Target, TargetReport, encrypted, prune_copies, sync
+from .form import (
+    LocalArchive,
+    backup_of,
+    encrypted,
+    is_encrypted,
+    plaintext,
+    target_name,
+    upload_form,
+)
+from .replace import replace_plaintext
+from .sync import Target, TargetReport, located, prune_copies, sync
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -43,18 +55,24 @@ __all__ = [
     "RemoteCopy",
     "Target",
     "TargetReport",
+    "backup_of",
     "encrypted",
     "fetch",
     "find_copy",
     "format_marker",
+    "is_encrypted",
     "list_copies",
+    "located",
     "marker_name",
     "missing",
     "parse_marker",
+    "plaintext",
     "prune_copies",
     "push",
     "read_marker",
-    "remote_name",
+    "replace_plaintext",
     "sync",
+    "target_name",
+    "upload_form",
     "verify_copy",
 ]

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,24 +17,21 @@ from typing import IO, Any, cast
 from ..catalog import ArchiveName, parse_name, sha256_file
 from ..codec import ENCRYPTED_SUFFIX
 from ..errors import ArchiveError, StorageError, UsageError
-from ..fsutil import TMP_PREFIX, atomic_file, free_bytes, storage_error
+from ..fsutil import atomic_file, free_bytes, owned_temp_file, storage_error
 from ..storage import NotFoundError, Storage, check_name
+from .form import (
+    LocalArchive,
+    backup_of,
+    check_uploadable,
+    is_encrypted,
+    satisfies,
+    upload_form,
+)
 
 MARKER_SUFFIX = ".sha256"
 MAX_MARKER_BYTES = 4096
-BLOCK = 1 << 20
 _MARKER_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _SIZE_LINE = re.compile(r"^# size: (\d+)$")
-
-
-@dataclass(frozen=True)
-class LocalArchive:
-    """An archive to copy: its name, file, SHA-256 of the file's bytes and size."""
-
-    name: str
-    path: Path
-    sha256: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -71,13 +66,6 @@ class RemoteCopy:
 
 def marker_name(name: str) -> str:
     return name + MARKER_SUFFIX
-
-
-def remote_name(local_name: str, encrypt: bool) -> str:
-    """The object name of a local archive on a target (``.age`` added when encrypting)."""
-    if encrypt and not local_name.endswith(ENCRYPTED_SUFFIX):
-        return local_name + ENCRYPTED_SUFFIX
-    return local_name
 
 
 def format_marker(name: str, sha256: str, size: int) -> bytes:
@@ -174,11 +162,15 @@ def name_sort_key(name: str) -> tuple[datetime, int]:
 
 
 def missing(
-    copies: Sequence[RemoteCopy], archives: Sequence[LocalArchive], *, encrypt: bool
+    copies: Sequence[RemoteCopy], archives: Sequence[LocalArchive], *, sealed: bool
 ) -> list[LocalArchive]:
-    """The local archives a target has no complete copy of (incomplete ones count as missing)."""
-    complete = {c.name for c in copies if c.complete}
-    return [a for a in archives if remote_name(a.name, encrypt) not in complete]
+    """The local archives a target has no complete copy of (incomplete ones count as missing).
+
+    Any form of a backup counts (``NAME`` or ``NAME.age``), but when recipients are given
+    (``sealed``) only an encrypted one does.
+    """
+    complete = [c.name for c in copies if c.complete]
+    return [a for a in archives if not any(satisfies(n, a.name, sealed=sealed) for n in complete)]
 
 
 # -- pushing ------------------------------------------------------------------------------------
@@ -240,22 +232,28 @@ def verify_copy(storage: Storage, name: str, sha256: str, size: int) -> None:
         )
 
 
-def push(storage: Storage, archive: LocalArchive, *, work_dir: Path) -> RemoteCopy:
-    """Upload ``archive`` under its name, verify it by reading it back, then write its marker."""
-    name = check_name(archive.name)
+def push(
+    storage: Storage, archive: LocalArchive, *, work_dir: Path, recipients: Sequence[Any] = ()
+) -> RemoteCopy:
+    """Upload ``archive`` in the form :func:`~.form.upload_form` gives it (encrypted whenever
+    ``recipients`` are given), verify it by reading it back, then write its marker."""
+    with upload_form(archive, recipients, work_dir) as upload:
+        check_uploadable(upload, sealed=bool(recipients))
+        return _push_as_is(storage, upload, work_dir)
+
+
+def _push_as_is(storage: Storage, upload: LocalArchive, work_dir: Path) -> RemoteCopy:
+    name = check_name(upload.name)
     storage.delete(marker_name(name))
-    storage.put(name, archive.path)
-    verify_copy(storage, name, archive.sha256, archive.size)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}marker-", dir=work_dir)  # mode 0600
+    storage.put(name, upload.path)
+    verify_copy(storage, name, upload.sha256, upload.size)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(format_marker(name, archive.sha256, archive.size))
-        storage.put(marker_name(name), Path(tmp))
+        with owned_temp_file(work_dir, marker_name(name)) as tmp:
+            tmp.write_bytes(format_marker(name, upload.sha256, upload.size))
+            storage.put(marker_name(name), tmp)
     except OSError as exc:
         raise storage_error(f"cannot write a checksum marker in {work_dir}", exc) from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return RemoteCopy(name, archive.size, datetime.now(UTC), True, archive.sha256)
+    return RemoteCopy(name, upload.size, datetime.now(UTC), True, upload.sha256)
 
 
 # -- fetching -----------------------------------------------------------------------------------
@@ -271,8 +269,10 @@ def find_copy(
         if not backups:
             raise UsageError(f"{where} holds no complete backup")
         return backups[0]
-    for c in copies:
-        if c.name in (name, name + ENCRYPTED_SUFFIX):
+    by_name = {c.name: c for c in copies}
+    for wanted in (name, name + ENCRYPTED_SUFFIX):  # the exact name first
+        c = by_name.get(wanted)
+        if c is not None:
             if not c.complete:
                 raise ArchiveError(
                     f"the copy of {c.name} is incomplete ({c.problem})",
@@ -282,12 +282,17 @@ def find_copy(
     raise UsageError(f"no archive named {name!r} on {where}")
 
 
-def fetch(storage: Storage, name: str, dest_dir: Path) -> Path:
+def fetch(
+    storage: Storage, name: str, dest_dir: Path, identities: Sequence[Any] | None = None
+) -> Path:
     """Download the complete copy ``name`` into ``dest_dir`` and return its path.
 
     The bytes go to a temp file; their SHA-256 is compared with the copy's marker before the
     file is renamed into place, so a corrupt or truncated copy raises ArchiveError and leaves
     nothing behind. An identical file already in ``dest_dir`` is returned as it is.
+
+    With ``identities``, an encrypted copy is decrypted on arrival: the verified download stays
+    a temp file and only the plaintext archive (``NAME`` without ``.age``) appears.
     """
     check_name(name)
     marker = read_marker(storage, name)
@@ -305,28 +310,42 @@ def fetch(storage: Storage, name: str, dest_dir: Path) -> Path:
             f"the copy of {name} on {storage.location} is incomplete "
             f"({info.size} bytes, {size} were verified at upload)"
         )
-    dest = dest_dir / name
+    decrypt = bool(identities) and is_encrypted(name)
+    dest = dest_dir / (backup_of(name) if decrypt else name)
     if dest.exists():
-        if sha256_file(dest) == sha256:
+        if not decrypt and sha256_file(dest) == sha256:
             return dest
         raise UsageError(
-            f"{dest} already exists and differs from the copy on {storage.location}",
+            f"{dest} already exists and differs from the copy on {storage.location}"
+            if not decrypt
+            else f"{dest} already exists",
             hint="move the local file away first",
         )
     try:
-        if free_bytes(dest_dir) < info.size:
-            raise StorageError(
-                f"not enough free space in {dest_dir} for {name} ({info.size} bytes)"
-            )
-        with atomic_file(dest) as fh:
-            digest = _Digest(fh)
-            storage.get(name, cast(IO[bytes], digest))
-            if digest.sha.hexdigest() != sha256 or (size is not None and digest.size != size):
-                raise ArchiveError(
-                    f"the copy of {name} on {storage.location} is corrupt: its SHA-256 "
-                    "differs from the one verified at upload",
-                    hint="nothing was written; fetch it from another target",
-                )
+        needed = info.size * (2 if decrypt else 1)
+        if free_bytes(dest_dir) < needed:
+            raise StorageError(f"not enough free space in {dest_dir} for {name} ({needed} bytes)")
+        if not decrypt:
+            with atomic_file(dest) as fh:
+                _download(storage, name, sha256, size, fh)
+            return dest
+        from ..crypto import decrypt_file
+
+        with owned_temp_file(dest_dir, name) as tmp:
+            with open(tmp, "wb") as fh:
+                _download(storage, name, sha256, size, fh)
+            decrypt_file(tmp, dest, identities or [])
     except OSError as exc:
         raise storage_error(f"cannot write {dest}", exc) from exc
     return dest
+
+
+def _download(storage: Storage, name: str, sha256: str, size: int | None, fh: IO[bytes]) -> None:
+    digest = _Digest(fh)
+    storage.get(name, cast(IO[bytes], digest))
+    if digest.sha.hexdigest() != sha256 or (size is not None and digest.size != size):
+        raise ArchiveError(
+            f"the copy of {name} on {storage.location} is corrupt: its SHA-256 "
+            "differs from the one verified at upload",
+            hint="nothing was written; fetch it from another target",
+        )

@@ -1,32 +1,26 @@
 """Copies for several targets at once: encryption for the trip, retention, the sync run.
 
-Each archive is encrypted once (when recipients are given) into a ``.tmp-`` file of the work
-folder and pushed to every target lacking it concurrently; a failing target never stops the
-others. Retention then runs on each target that is up to date.
+Each archive is given its upload form once (:mod:`.form`: encrypted into a ``.tmp-`` file of
+the work folder whenever recipients are given) and pushed to every target lacking it
+concurrently; a failing target never stops the others. Plaintext copies are replaced on request
+(:mod:`.replace`), then retention runs on each target that is up to date.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
-from ..codec import ENCRYPTED_SUFFIX, HashingWriter
-from ..errors import AicaBackupError, ArchiveError, StorageError
-from ..fsutil import TMP_PREFIX, storage_error
+from ..errors import AicaBackupError, StorageError
 from ..retention import Candidate, Policy, apply_policy
 from ..storage import Storage
 from .copies import (
-    BLOCK,
-    LocalArchive,
     RemoteCopy,
     archive_kind,
     list_copies,
@@ -34,54 +28,11 @@ from .copies import (
     missing,
     name_sort_key,
     push,
-    remote_name,
 )
+from .form import LocalArchive, backup_of, is_encrypted, plaintext, target_name, upload_form
+from .replace import replace_plaintext
 
 Log = Callable[[str], None]
-
-
-@contextlib.contextmanager
-def encrypted(
-    archive: LocalArchive, recipients: Sequence[Any], work_dir: Path
-) -> Iterator[LocalArchive]:
-    """Yield ``archive`` encrypted to ``recipients`` as a temp file in ``work_dir``.
-
-    The plaintext is hashed on the way through and checked against the archive's recorded
-    SHA-256, so an archive damaged on the local disk is reported, not shipped.
-    """
-    from ..crypto import encrypting_writer
-
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f"{TMP_PREFIX}{archive.name}.", suffix=ENCRYPTED_SUFFIX, dir=work_dir
-        )
-    except OSError as exc:
-        raise storage_error(f"cannot create a temp file in {work_dir}", exc) from exc
-    path = Path(tmp)
-    try:
-        plain = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb", buffering=BLOCK) as raw:
-                hasher = HashingWriter(raw)
-                with (
-                    open(archive.path, "rb") as src,
-                    encrypting_writer(cast(IO[bytes], hasher), recipients) as sink,
-                ):
-                    while chunk := src.read(BLOCK):
-                        plain.update(chunk)
-                        sink.write(chunk)
-        except OSError as exc:
-            raise storage_error(f"cannot encrypt {archive.name} into {work_dir}", exc) from exc
-        if archive.sha256 and plain.hexdigest() != archive.sha256:
-            raise ArchiveError(
-                f"local archive {archive.name} no longer matches its recorded SHA-256",
-                hint="it was damaged on disk: run verify, and back up again",
-            )
-        yield LocalArchive(
-            remote_name(archive.name, True), path, hasher.sha.hexdigest(), hasher.size
-        )
-    finally:
-        path.unlink(missing_ok=True)
 
 
 # -- retention ----------------------------------------------------------------------------------
@@ -96,36 +47,50 @@ def prune_copies(
     pinned: frozenset[str] = frozenset(),
     dry_run: bool = False,
 ) -> list[str]:
-    """Apply ``policy`` to the complete backup copies on ``storage``; return what was removed.
+    """Apply ``policy`` to the complete backups on ``storage``; return the objects removed.
 
-    Also removes incomplete uploads older than the oldest copy kept (they can never become
-    useful). ``pinned`` holds local archive names; a pinned archive's copy is kept. Each
-    marker is deleted before its object, so a crash leaves an incomplete copy, never a
-    marker vouching for nothing. The newest complete copy is never removed.
+    A backup is counted once whatever its forms (``NAME``, ``NAME.age``: see
+    :func:`~.form.backup_of`); its forms are kept or removed together, plaintext first. Also
+    removes incomplete uploads older than the oldest copy kept (they can never become useful).
+    ``pinned`` holds local archive names; a pinned archive's copy is kept. Each marker is
+    deleted before its object, so a crash leaves an incomplete copy, never a marker vouching
+    for nothing. The newest complete copy is never removed.
     """
     backups = [c for c in copies if archive_kind(c.name) == "backup"]
-    complete = [c for c in backups if c.complete]
+    # One backup is one backup in whatever form: NAME and NAME.age compete as one candidate,
+    # kept or removed together, so an encrypted copy never goes in favour of a plaintext one.
+    forms: dict[str, list[RemoteCopy]] = {}
+    for c in backups:
+        forms.setdefault(backup_of(c.name), []).append(c)
+    complete = {b: cs for b, cs in forms.items() if any(c.complete for c in cs)}
     if not complete:
         return []
-    newest = max(complete, key=lambda c: name_sort_key(c.name)).name
+    newest = max(complete, key=name_sort_key)
     candidates = [
-        Candidate(
-            c.name,
-            c.local_time,
-            pinned=c.name in pinned or c.name.removesuffix(ENCRYPTED_SUFFIX) in pinned,
-        )
-        for c in complete
+        Candidate(b, _parsed_time(b), pinned=b in pinned or target_name(b, sealed=True) in pinned)
+        for b in complete
     ]
     decision = apply_policy(candidates, policy, now)
-    doomed = [c.name for c in decision.remove if c.name != newest]
+    doomed = [c.name for d in decision.remove if d.name != newest for c in forms[d.name]]
     oldest_kept = min((c.time for c in decision.keep), default=None)
     if oldest_kept is not None:
-        doomed += [c.name for c in backups if not c.complete and c.local_time < oldest_kept]
+        doomed += [
+            c.name
+            for b, cs in forms.items()
+            if b not in complete
+            for c in cs
+            if c.local_time < oldest_kept
+        ]
+    doomed.sort(key=is_encrypted)  # plaintext forms first: a crash keeps the encrypted one
     if not dry_run:
         for name in doomed:
             storage.delete(marker_name(name))
             storage.delete(name)
     return doomed
+
+
+def _parsed_time(name: str) -> datetime:
+    return name_sort_key(name)[0]
 
 
 # -- several targets at once ---------------------------------------------------------------------
@@ -142,10 +107,13 @@ class Target:
 @dataclass
 class TargetReport:
     label: str
+    location: str = ""  # the storage's own name for itself, as its messages start
     ok: bool = True
     errors: list[AicaBackupError] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # plaintext copies replaced by .age
+    plaintext: list[str] = field(default_factory=list)  # left unencrypted though sealed
     seconds: float = 0.0
     reachable: bool = True  # False after a storage failure: later archives are skipped
 
@@ -157,7 +125,16 @@ class TargetReport:
 
     @property
     def error(self) -> str | None:
-        return "; ".join(e.message for e in self.errors) or None
+        """The errors, each naming the target once (storage messages already start with it)."""
+        return "; ".join(located(e.message, self.location, self.label) for e in self.errors) or None
+
+
+def located(message: str, location: str, label: str) -> str:
+    """``message`` naming its target once: as it is if it starts with the storage's location or
+    the target's label (every storage message does), else ``label: message``."""
+    if any(name and message.startswith(name) for name in (location, label)):
+        return message
+    return f"{label}: {message}"
 
 
 def _guarded(report: TargetReport, op: Callable[[], Any]) -> Any:
@@ -168,7 +145,7 @@ def _guarded(report: TargetReport, op: Callable[[], Any]) -> Any:
     except AicaBackupError as exc:
         report.fail(exc)
     except Exception as exc:  # a failing target must not take the others down
-        report.fail(StorageError(f"{report.label}: unexpected {type(exc).__name__}: {exc}"))
+        report.fail(StorageError(f"unexpected {type(exc).__name__}: {exc}"))
     finally:
         report.seconds += time.monotonic() - started
     return None
@@ -184,17 +161,21 @@ def sync(
     policy: Policy | None = None,
     pinned: frozenset[str] = frozenset(),
     now: datetime | None = None,
+    replace: bool = False,
     log: Log | None = None,
 ) -> list[TargetReport]:
     """Give every target a verified copy of every archive it lacks, then apply ``policy``.
 
-    ``archives`` newest first. Each archive is encrypted once (if ``recipients``) and pushed to
-    the targets lacking it concurrently. A failing target never stops the others; its error
+    ``archives`` newest first. With ``recipients``, a target lacks an archive until it holds
+    an encrypted copy, and each archive is encrypted once (:func:`~.form.upload_form`) and
+    pushed to the targets lacking it concurrently. With ``replace`` (and recipients), the
+    plaintext copies already on a target are then replaced by verified encrypted ones
+    (:func:`~.replace.replace_plaintext`). A failing target never stops the others; its error
     is in its report. Returns one report per target, in order.
     """
     say = log or (lambda _msg: None)
-    reports = [TargetReport(t.label) for t in targets]
-    encrypt = bool(recipients)
+    reports = [TargetReport(t.label, t.storage.location) for t in targets]
+    sealed = bool(recipients)
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, parallel), thread_name_prefix="offsite"
     ) as pool:
@@ -205,7 +186,7 @@ def sync(
             )
         )
         needs: list[set[str]] = [
-            {a.name for a in missing(copies, archives, encrypt=encrypt)}
+            {a.name for a in missing(copies, archives, sealed=sealed)}
             if copies is not None
             else set()
             for copies in listings
@@ -216,21 +197,25 @@ def sync(
                 continue
             try:
                 with contextlib.ExitStack() as stack:
-                    upload = archive
-                    if encrypt and not archive.name.endswith(ENCRYPTED_SUFFIX):
+                    if sealed and not is_encrypted(archive.name):
                         say(f"encrypting {archive.name}")
-                        upload = stack.enter_context(encrypted(archive, recipients, work_dir))
+                    upload = stack.enter_context(upload_form(archive, recipients, work_dir))
 
                     def one(i: int, upload: LocalArchive = upload) -> None:
                         started = time.monotonic()
                         copy = _guarded(
                             reports[i],
-                            lambda: push(targets[i].storage, upload, work_dir=work_dir),
+                            lambda: push(
+                                targets[i].storage,
+                                upload,
+                                work_dir=work_dir,
+                                recipients=recipients,
+                            ),
                         )
                         if copy is not None:
-                            reports[i].pushed.append(upload.name)
+                            reports[i].pushed.append(copy.name)
                             say(
-                                f"{targets[i].label}: {upload.name} copied and verified "
+                                f"{targets[i].label}: {copy.name} copied and verified "
                                 f"({time.monotonic() - started:.1f} s)"
                             )
 
@@ -238,22 +223,41 @@ def sync(
             except AicaBackupError as exc:  # the archive could not be prepared
                 for i in wanting:
                     reports[i].fail(exc)
-        if policy is not None:
-            when = now or datetime.now(UTC)
 
-            def prune_one(i: int) -> None:
-                if not reports[i].ok:
-                    return  # keep everything on a target we could not bring up to date
-                storage = targets[i].storage
+        def finish(i: int) -> None:
+            storage = targets[i].storage
+            if replace and sealed and reports[i].ok:
+                local = {a.name: a for a in archives}
+                _guarded(
+                    reports[i],
+                    lambda: replace_plaintext(
+                        storage,
+                        local,
+                        recipients,
+                        work_dir=work_dir,
+                        log=say,
+                        into=reports[i].replaced,
+                    ),
+                )
+            if policy is not None and reports[i].ok:  # else keep all: the target is behind
                 removed = _guarded(
                     reports[i],
                     lambda: prune_copies(
-                        storage, list_copies(storage), policy, when, pinned=pinned
+                        storage,
+                        list_copies(storage),
+                        policy,
+                        now or datetime.now(UTC),
+                        pinned=pinned,
                     ),
                 )
                 reports[i].pruned = removed or []
                 for name in reports[i].pruned:
                     say(f"{targets[i].label}: removed by retention: {name}")
+            if sealed and listings[i] is not None:
+                gone = set(reports[i].replaced) | set(reports[i].pruned)
+                reports[i].plaintext = [
+                    c.name for c in plaintext(listings[i]) if c.name not in gone
+                ]
 
-            list(pool.map(prune_one, range(len(targets))))
+        list(pool.map(finish, range(len(targets))))
     return reports

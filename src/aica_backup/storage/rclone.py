@@ -34,6 +34,9 @@ _NOT_FOUND_CODES = (3, 4)
 _PERMANENT_CODES = (1, 7)
 # Our retry wrapper retries whole operations; rclone's own outer retries would multiply them.
 _COMMON = ["--retries", "1", "--stats", "0"]
+# What rclone creates on a local (or mounted) remote holds the app's secrets: 0600 files and
+# 0700 folders, as for a folder target, whatever the umask of the shell that runs us.
+PRIVATE_UMASK = 0o077
 
 
 def find_rclone() -> Path:
@@ -110,6 +113,7 @@ class RcloneStorage:
                 text=True,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                umask=PRIVATE_UMASK,
             )
         except OSError as exc:
             raise StorageError(f"cannot run rclone ({self.binary}): {exc.strerror}") from None
@@ -134,6 +138,7 @@ class RcloneStorage:
                     stdout=subprocess.PIPE,
                     stderr=errors,
                     stdin=subprocess.DEVNULL,
+                    umask=PRIVATE_UMASK,
                 )
             except OSError as exc:
                 raise StorageError(f"cannot run rclone ({self.binary}): {exc.strerror}") from None
