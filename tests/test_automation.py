@@ -189,16 +189,22 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         proc.wait(10)
 
 
-def production_host(root: Path) -> App:
-    """The app as deployed on the server: data, the real scripts, and aica-backup in .venv."""
+def tool_shim(path: Path) -> Path:
+    """An ``aica-backup`` executable at ``path`` running this checkout's tool."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def production_host(root: Path, *, installed: bool = True) -> App:
+    """The app as the README sets it up: data, scripts/ and Makefile copied in, aica-backup in
+    .venv (unless not ``installed``)."""
     app = make_app(root)
-    (app.root / "scripts").mkdir()
-    for name in ("backup.sh", "_aica.sh"):
-        shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
-    tool = app.root / ".venv" / "bin" / "aica-backup"
-    tool.parent.mkdir(parents=True)
-    tool.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup "$@"\n')
-    tool.chmod(0o755)
+    shutil.copytree(REPO / "scripts", app.root / "scripts")
+    shutil.copy2(REPO / "Makefile", app.root / "Makefile")
+    if installed:
+        tool_shim(app.root / ".venv" / "bin" / "aica-backup")
     return app
 
 
@@ -303,6 +309,78 @@ def test_workflow_names_a_missing_secret(tmp_path: Path) -> None:
     run = run_workflow_steps(tmp_path, {"BACKUP_SSH_HOST": "127.0.0.1", "BACKUP_SSH_USER": "x"})
     assert not run.ok
     assert "repository secret BACKUP_SSH_KEY is not set" in run.output
+
+
+# -- the wrappers and the Makefile, in an app root --------------------------------------------
+
+# What cron or a fresh login has: no dev venv, no aica-backup on PATH.
+PLAIN_PATH = "/usr/bin:/bin"
+
+
+def run_in(
+    app: App, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AICA_", "MAKE"))}
+    return subprocess.run(
+        list(argv),
+        cwd=app.root,
+        env={**base, "PATH": PLAIN_PATH, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_make_targets_work_in_an_app_root(tmp_path: Path) -> None:
+    """The README's app root has no pyproject.toml: make backup/list/verify use the installed
+    tool (ROOT/.venv/bin/aica-backup) and set nothing up."""
+    app = production_host(tmp_path / "aica-sys")
+    assert run_in(app, "make", "backup").returncode == 0
+    (archive,) = app.archives()
+    listed = run_in(app, "make", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert archive.name in listed.stdout
+    verified = run_in(app, "make", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert archive.name in verified.stdout
+    assert not (app.root / ".venv" / ".installed").exists()
+    assert sorted(p.name for p in (app.root / ".venv").iterdir()) == ["bin"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("scripts/backup.sh",), ("scripts/restore.sh", "--yes"), ("make", "list"), ("make", "backup")],
+)
+def test_without_the_tool_the_wrappers_say_how_to_install_it(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    app = production_host(tmp_path / "aica-sys", installed=False)
+    proc = run_in(app, *argv)
+    assert "aica-backup is not installed" in proc.stderr
+    assert "python3 -m venv .venv && .venv/bin/pip install" in proc.stderr
+    assert "AICA_BACKUP_BIN" in proc.stderr
+    assert "No module named" not in proc.stderr
+    if argv[0] == "make":
+        assert proc.returncode == 2 and "Error 127" in proc.stderr
+    else:
+        assert proc.returncode == 127
+    assert not app.backups.exists()  # nothing made
+
+
+def test_aica_backup_bin_wins_over_the_venv(tmp_path: Path) -> None:
+    app = production_host(tmp_path / "aica-sys")
+    venv_tool = app.root / ".venv" / "bin" / "aica-backup"
+    venv_tool.write_text("#!/bin/sh\necho 'the venv tool ran' >&2\nexit 99\n")
+    chosen = tool_shim(tmp_path / "elsewhere" / "aica-backup")
+    proc = run_in(app, "scripts/backup.sh", env={"AICA_BACKUP_BIN": str(chosen)})
+    assert proc.returncode == 0, proc.stderr  # the tool accepts the variable in its environment
+    assert "the venv tool ran" not in proc.stderr
+    assert len(app.archives()) == 1
+    # Without it, the venv beside the app is the one found.
+    assert run_in(app, "scripts/backup.sh").returncode == 99
+    missing = run_in(app, "scripts/backup.sh", env={"AICA_BACKUP_BIN": str(tmp_path / "nope")})
+    assert missing.returncode == 127
+    assert f"AICA_BACKUP_BIN={tmp_path / 'nope'} is not an executable file" in missing.stderr
 
 
 # -- docker-compose.yml and backend/Dockerfile --------------------------------------------------
