@@ -297,9 +297,12 @@ def cron_daemon() -> Iterator[None]:
 
 
 @pytest.fixture
-def cron_user() -> Iterator[pwd.struct_passwd]:
+def second_user() -> Iterator[pwd.struct_passwd]:
     """A real unprivileged account with a home under a world-traversable /tmp folder."""
-    assert USERADD is not None
+    if os.geteuid() != 0 or USERADD is None:
+        pytest.skip("needs root and useradd to make a second user")
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"needs {SYSTEM_PYTHON}, which a second user can run")
     base = Path(tempfile.mkdtemp(prefix="aica-cron-", dir="/tmp"))
     base.chmod(0o755)
     name = f"aicacron{os.getpid()}"
@@ -320,8 +323,8 @@ def cron_user() -> Iterator[pwd.struct_passwd]:
     try:
         yield pwd.getpwnam(name)
     finally:
-        assert CRONTAB is not None
-        subprocess.run([CRONTAB, "-u", name, "-r"], capture_output=True)
+        if CRONTAB is not None:
+            subprocess.run([CRONTAB, "-u", name, "-r"], capture_output=True)
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -369,28 +372,32 @@ def chown_tree(path: Path, user: pwd.struct_passwd) -> None:
             os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason=f"needs {SYSTEM_PYTHON} for a second user")
-def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
-    cron_daemon: None, cron_user: pwd.struct_passwd
-) -> None:
-    """The reported case: `schedule cron --install` as a user who cannot write /var/log. The
-    line it installs must run under the real cron daemon: a backup made by that user, its
-    output in the log the command named."""
-    home = Path(cron_user.pw_dir)
-    app = make_app(home.parent / "aica-sys")
+def app_of(user: pwd.struct_passwd) -> App:
+    """A sample app of ``user``'s, set up as the README says: scripts/, the tool in .venv."""
+    app = make_app(Path(user.pw_dir).parent / "aica-sys")
     (app.root / "scripts").mkdir()
     for name in ("backup.sh", "_aica.sh"):
         shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
     install_tool_for_anyone(app.root / ".venv")
-    chown_tree(app.root, cron_user)
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    chown_tree(app.root, user)
+    return app
+
+
+@pytest.mark.slow
+def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
+    cron_daemon: None, second_user: pwd.struct_passwd
+) -> None:
+    """The reported case: `schedule cron --install` as a user who cannot write /var/log. The
+    line it installs must run under the real cron daemon: a backup made by that user, its
+    output in the log the command named."""
+    app = app_of(second_user)
+    env = {"HOME": second_user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     proc = subprocess.run(
         [str(app.root / ".venv" / "bin" / "aica-backup"), "schedule", "cron", "--install"],
         cwd=app.root,
         env=env,
-        user=cron_user.pw_uid,
-        group=cron_user.pw_gid,
+        user=second_user.pw_uid,
+        group=second_user.pw_gid,
         extra_groups=[],
         capture_output=True,
         text=True,
@@ -400,7 +407,7 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
     log = app.backups / ".aica-backup" / "cron.log"
     assert f"You cannot write {schedule.DEFAULT_LOG_FILE}: the jobs log to {log}" in proc.stderr
     assert CRONTAB is not None
-    name = cron_user.pw_name
+    name = second_user.pw_name
     installed = subprocess.run(
         [CRONTAB, "-u", name, "-l"], capture_output=True, text=True, check=True
     ).stdout
@@ -421,8 +428,8 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
     made = app.archives()
     assert len(made) == 1
     for path in [app.backups, *app.backups.rglob("*")]:
-        assert path.stat().st_uid == cron_user.pw_uid, path  # all the user's own
-    assert log.stat().st_uid == cron_user.pw_uid
+        assert path.stat().st_uid == second_user.pw_uid, path  # all the user's own
+    assert log.stat().st_uid == second_user.pw_uid
     assert made[0].name in log.read_text()
 
 
@@ -539,3 +546,120 @@ def test_timer_calendars_parse(spec: str, when: str) -> None:
     assert f"Normalized form: {spec}" in proc.stdout
     next_elapse = next(line for line in proc.stdout.splitlines() if "Next elapse:" in line)
     assert when in next_elapse
+
+
+SERVICE_SCORE_LIMIT = 4.0  # systemd-analyze's exposure, 0 (safe) to 10; "OK" is below 4.0
+
+
+@needs_systemd_analyze
+def test_service_is_hardened_by_systemd_analyze_security(tmp_path: Path) -> None:
+    """The filled-in unit, rated offline by the real systemd-analyze: it was 7.1 MEDIUM."""
+    assert SYSTEMD_ANALYZE is not None
+    service, _ = installed_units(tmp_path)
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"},
+    )
+    found = re.search(r"Overall exposure level for aica-backup\.service: (\d+\.\d+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= SERVICE_SCORE_LIMIT, proc.stdout
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    """systemd's syscall groups (``@name`` -> members, groups included), from systemd-analyze."""
+    assert SYSTEMD_ANALYZE is not None
+    text = subprocess.run(
+        [SYSTEMD_ANALYZE, "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#") and line.startswith(" "):
+            current.append(line.strip())
+    return groups
+
+
+def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
+    """Syscall names of ``names``, groups expanded (iteratively: they nest)."""
+    found: set[str] = set()
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name.startswith("@"):
+            if name not in seen:
+                seen.add(name)
+                todo.extend(groups[name])
+        else:
+            found.add(name)
+    return found
+
+
+def service_filter() -> set[str] | None:
+    """The system calls the shipped unit's SystemCallFilter= lines allow (None: no filter)."""
+    lines = values(unit("aica-backup.service")["Service"], "SystemCallFilter")
+    if not lines:
+        return None
+    assert not lines[0].startswith("~"), "expected an allow list first"
+    groups = syscall_groups()
+    allowed: set[str] = set()
+    for value in lines:
+        deny = value.startswith("~")
+        names = expand(value.lstrip("~").split(), groups)
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+STRACE = shutil.which("strace")
+
+
+@needs_systemd_analyze
+@pytest.mark.slow
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed here")
+def test_the_hardened_service_allows_what_a_backup_does(second_user: pwd.struct_passwd) -> None:
+    """A real `backup --verify` as the unit runs it (an unprivileged User=, the tool in the
+    app's venv), traced with strace: every system call it makes is in the unit's allow list
+    (one outside it would fail with EPERM under systemd), and it opens no /proc file but its
+    own processes' (ProcSubset=pid)."""
+    assert STRACE is not None
+    app = app_of(second_user)
+    trace = Path(second_user.pw_dir) / "trace"
+    proc = subprocess.run(
+        [STRACE, "-f", "-qq", "-o", str(trace), "scripts/backup.sh", "--verify"],
+        cwd=app.root,
+        env={"HOME": second_user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        user=second_user.pw_uid,
+        group=second_user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0 and not trace.exists():
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(app.archives()) == 1
+    calls: set[str] = set()
+    proc_files: set[str] = set()
+    for line in trace.read_text().splitlines():
+        call = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+        if call is None:
+            continue  # "<... resumed>", signals, exits
+        calls.add(call.group(1))
+        opened = re.search(r'open(?:at)?\((?:AT_FDCWD, )?"(/proc/[^"]*)"', line)
+        if opened:
+            proc_files.add(opened.group(1))
+    allowed = service_filter()
+    blocked = set() if allowed is None else calls - allowed
+    assert blocked == set(), f"blocked under the unit: {sorted(blocked)}"
+    assert {"sched_setscheduler", "execve", "fsync"} <= calls  # the trace is real
+    own = re.compile(r"/proc/(self|thread-self|\d+)(/|$)")
+    assert {p for p in proc_files if not own.match(p)} == set()
