@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034  # AICA is read by the scripts that source this file
 # Shared by backup.sh and restore.sh (sourced, not run): find the app root and the aica-backup
 # command. The app root is the folder holding scripts/ (the guide runs ./scripts/backup.sh from
 # there). The command, first found wins:
