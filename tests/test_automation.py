@@ -405,6 +405,7 @@ def docker_app_root(root: Path) -> App:
     for source in [*REPO.glob("backend/*.py"), REPO / "backend" / "requirements.txt", DOCKERFILE]:
         shutil.copy2(source, app.root / "backend" / source.name)
     shutil.copy2(COMPOSE, app.root / COMPOSE.name)
+    shutil.copy2(REPO / ".dockerignore", app.root / ".dockerignore")
     assert not (app.root / "pyproject.toml").exists() and not (app.root / "src").exists()
     return app
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -303,9 +304,9 @@ def second_user() -> Iterator[pwd.struct_passwd]:
         pytest.skip("needs root and useradd to make a second user")
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"needs {SYSTEM_PYTHON}, which a second user can run")
-    base = Path(tempfile.mkdtemp(prefix="aica-cron-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="aica-user-", dir="/tmp"))
     base.chmod(0o755)
-    name = f"aicacron{os.getpid()}"
+    name = f"aicab{os.getpid()}_{base.name[-6:].lower()}"  # unique per test, <= 32 chars
     subprocess.run(
         [
             USERADD,
@@ -325,8 +326,17 @@ def second_user() -> Iterator[pwd.struct_passwd]:
     finally:
         if CRONTAB is not None:
             subprocess.run([CRONTAB, "-u", name, "-r"], capture_output=True)
-        subprocess.run(["userdel", name], capture_output=True)
+        wait_for_no_processes(pwd.getpwnam(name).pw_uid, 30)
+        subprocess.run(["userdel", name], check=True, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for_no_processes(uid: int, timeout: float) -> None:
+    """Wait until no process runs as ``uid`` (a cron job still finishing, for instance)."""
+    deadline = time.monotonic() + timeout
+    while any(p.info["uids"] and p.info["uids"].real == uid for p in psutil.process_iter(["uids"])):
+        assert time.monotonic() < deadline, f"processes of uid {uid} still running"
+        time.sleep(0.1)
 
 
 def install_tool_for_anyone(venv: Path) -> None:
@@ -425,6 +435,7 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
         assert time.monotonic() < deadline, "cron never ran the installed line"
         time.sleep(0.5)
     subprocess.run([CRONTAB, "-u", name, "-r"], check=True)
+    wait_for_no_processes(second_user.pw_uid, 60)  # the job logs, then indexes and prunes
     made = app.archives()
     assert len(made) == 1
     for path in [app.backups, *app.backups.rglob("*")]:
