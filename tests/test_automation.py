@@ -189,16 +189,22 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         proc.wait(10)
 
 
-def production_host(root: Path) -> App:
-    """The app as deployed on the server: data, the real scripts, and aica-backup in .venv."""
+def tool_shim(path: Path) -> Path:
+    """An ``aica-backup`` executable at ``path`` running this checkout's tool."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def production_host(root: Path, *, installed: bool = True) -> App:
+    """The app as the README sets it up: data, scripts/ and Makefile copied in, aica-backup in
+    .venv (unless not ``installed``)."""
     app = make_app(root)
-    (app.root / "scripts").mkdir()
-    for name in ("backup.sh", "_aica.sh"):
-        shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
-    tool = app.root / ".venv" / "bin" / "aica-backup"
-    tool.parent.mkdir(parents=True)
-    tool.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m aica_backup "$@"\n')
-    tool.chmod(0o755)
+    shutil.copytree(REPO / "scripts", app.root / "scripts")
+    shutil.copy2(REPO / "Makefile", app.root / "Makefile")
+    if installed:
+        tool_shim(app.root / ".venv" / "bin" / "aica-backup")
     return app
 
 
@@ -305,6 +311,78 @@ def test_workflow_names_a_missing_secret(tmp_path: Path) -> None:
     assert "repository secret BACKUP_SSH_KEY is not set" in run.output
 
 
+# -- the wrappers and the Makefile, in an app root --------------------------------------------
+
+# What cron or a fresh login has: no dev venv, no aica-backup on PATH.
+PLAIN_PATH = "/usr/bin:/bin"
+
+
+def run_in(
+    app: App, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AICA_", "MAKE"))}
+    return subprocess.run(
+        list(argv),
+        cwd=app.root,
+        env={**base, "PATH": PLAIN_PATH, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_make_targets_work_in_an_app_root(tmp_path: Path) -> None:
+    """The README's app root has no pyproject.toml: make backup/list/verify use the installed
+    tool (ROOT/.venv/bin/aica-backup) and set nothing up."""
+    app = production_host(tmp_path / "aica-sys")
+    assert run_in(app, "make", "backup").returncode == 0
+    (archive,) = app.archives()
+    listed = run_in(app, "make", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert archive.name in listed.stdout
+    verified = run_in(app, "make", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert archive.name in verified.stdout
+    assert not (app.root / ".venv" / ".installed").exists()
+    assert sorted(p.name for p in (app.root / ".venv").iterdir()) == ["bin"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("scripts/backup.sh",), ("scripts/restore.sh", "--yes"), ("make", "list"), ("make", "backup")],
+)
+def test_without_the_tool_the_wrappers_say_how_to_install_it(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    app = production_host(tmp_path / "aica-sys", installed=False)
+    proc = run_in(app, *argv)
+    assert "aica-backup is not installed" in proc.stderr
+    assert "python3 -m venv .venv && .venv/bin/pip install" in proc.stderr
+    assert "AICA_BACKUP_BIN" in proc.stderr
+    assert "No module named" not in proc.stderr
+    if argv[0] == "make":
+        assert proc.returncode == 2 and "Error 127" in proc.stderr
+    else:
+        assert proc.returncode == 127
+    assert not app.backups.exists()  # nothing made
+
+
+def test_aica_backup_bin_wins_over_the_venv(tmp_path: Path) -> None:
+    app = production_host(tmp_path / "aica-sys")
+    venv_tool = app.root / ".venv" / "bin" / "aica-backup"
+    venv_tool.write_text("#!/bin/sh\necho 'the venv tool ran' >&2\nexit 99\n")
+    chosen = tool_shim(tmp_path / "elsewhere" / "aica-backup")
+    proc = run_in(app, "scripts/backup.sh", env={"AICA_BACKUP_BIN": str(chosen)})
+    assert proc.returncode == 0, proc.stderr  # the tool accepts the variable in its environment
+    assert "the venv tool ran" not in proc.stderr
+    assert len(app.archives()) == 1
+    # Without it, the venv beside the app is the one found.
+    assert run_in(app, "scripts/backup.sh").returncode == 99
+    missing = run_in(app, "scripts/backup.sh", env={"AICA_BACKUP_BIN": str(tmp_path / "nope")})
+    assert missing.returncode == 127
+    assert f"AICA_BACKUP_BIN={tmp_path / 'nope'} is not an executable file" in missing.stderr
+
+
 # -- docker-compose.yml and backend/Dockerfile --------------------------------------------------
 
 
@@ -317,6 +395,61 @@ def compose() -> dict[str, Any]:
 def test_compose_validates_against_the_compose_schema() -> None:
     proc = check_jsonschema("vendor.compose-spec", COMPOSE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def docker_app_root(root: Path) -> App:
+    """An app root as the README sets it up for Docker: the app's data and backend code (the
+    reference backend stands in), scripts/, Makefile, docker-compose.yml, backend/Dockerfile;
+    no aica-backup source tree."""
+    app = production_host(root)
+    for source in [*REPO.glob("backend/*.py"), REPO / "backend" / "requirements.txt", DOCKERFILE]:
+        shutil.copy2(source, app.root / "backend" / source.name)
+    shutil.copy2(COMPOSE, app.root / COMPOSE.name)
+    shutil.copy2(REPO / ".dockerignore", app.root / ".dockerignore")
+    assert not (app.root / "pyproject.toml").exists() and not (app.root / "src").exists()
+    return app
+
+
+DOCKER_COMPOSE = shutil.which("docker-compose")
+
+
+@pytest.mark.skipif(
+    DOCKER_COMPOSE is None,
+    reason="docker-compose is not installed here (Debian 12: apt-get install docker-compose)",
+)
+def test_debian_docker_compose_accepts_the_file_in_an_app_root(tmp_path: Path) -> None:
+    """Debian 12's docker-compose 1.29, the spelling the guide uses, reads and resolves the
+    file (`config` needs no Docker engine); it rejected bind.create_host_path."""
+    assert DOCKER_COMPOSE is not None
+    app = docker_app_root(tmp_path / "aica-sys")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AICA_", "COMPOSE_"))}
+    version = subprocess.run(
+        [DOCKER_COMPOSE, "version", "--short"], capture_output=True, text=True, env=env
+    )
+    proc = subprocess.run(
+        [DOCKER_COMPOSE, "config"], cwd=app.root, capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, f"docker-compose {version.stdout.strip()}: {proc.stderr}"
+    resolved = YAML(typ="safe", pure=True).load(proc.stdout)
+    for name in ("backend", "backup"):
+        service = resolved["services"][name]
+        context = Path(service["build"]["context"])
+        assert context == app.root
+        assert (context / service["build"]["dockerfile"]).is_file()
+        env_mount = next(
+            v
+            for v in service["volumes"]
+            if isinstance(v, dict) and v["target"] == "/app/.env.production"
+        )
+        # The long syntax: a missing .env.production is an error, never a new empty folder.
+        assert env_mount["type"] == "bind" and env_mount["read_only"] is True
+        assert env_mount["source"] == str(app.env)
+    # Compose's .env sets the tool's pip requirement for the build.
+    (app.root / ".env").write_text("AICA_BACKUP=aica-backup[backend]==9.9\n")
+    pinned = subprocess.run(
+        [DOCKER_COMPOSE, "config"], cwd=app.root, capture_output=True, text=True, env=env
+    )
+    assert "AICA_BACKUP: aica-backup[backend]==9.9" in pinned.stdout, pinned.stderr
 
 
 def test_the_compose_schema_check_does_catch_mistakes(tmp_path: Path) -> None:
@@ -358,7 +491,11 @@ def test_backup_service_uses_aica_backup_never_cp() -> None:
 
 def test_backend_service_serves_port_8000_with_the_data_mounted() -> None:
     backend = compose()["services"]["backend"]
-    assert backend["build"] == {"context": ".", "dockerfile": "backend/Dockerfile"}
+    assert backend["build"] == {
+        "context": ".",
+        "dockerfile": "backend/Dockerfile",
+        "args": {"AICA_BACKUP": "${AICA_BACKUP:-}"},
+    }
     assert "8000:8000" in backend["ports"]
     mounts = volumes("backend")
     assert mounts["/app/backend"] == ("./backend", False)
@@ -427,16 +564,24 @@ def test_dockerfile_runs_uvicorn_on_all_interfaces() -> None:
     assert instructions[0][0] == "FROM" and re.fullmatch(r"python:3\.1\d-slim", instructions[0][1])
     cmd = [args for ins, args in instructions if ins == "CMD"]
     assert cmd == ['["python", "-m", "uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000"]']
-    assert any(ins == "RUN" and 'pip install ".[backend]"' in args for ins, args in instructions)
+    # aica-backup from a pip requirement, not from a source tree an app root does not have.
+    assert ("ARG", "AICA_BACKUP=") in instructions
+    assert any(
+        ins == "RUN" and args.startswith('pip install "${AICA_BACKUP:-aica-backup[backend] @ https')
+        for ins, args in instructions
+    )
 
 
-def test_dockerfile_copies_code_that_exists_and_never_data() -> None:
+def test_dockerfile_copies_code_that_exists_and_never_data(tmp_path: Path) -> None:
+    app = docker_app_root(tmp_path / "aica-sys")
     for ins, args in dockerfile():
+        assert ins != "ADD"
         if ins != "COPY":
             continue
         *sources, _dest = args.split()
         assert sources != ["."], "copying the whole tree would bake data into the image"
-        # Docker accepts a COPY when its patterns match at least one file.
-        assert any(glob.glob(str(REPO / s)) for s in sources), args
+        # Docker accepts a COPY when its patterns match at least one file: in the app root,
+        # the build context, which has no pyproject.toml or src/.
+        assert any(glob.glob(str(app.root / s)) for s in sources), args
         for s in sources:
             assert not re.search(r"\.db|\.env|backups|uploads", s), s

@@ -1,9 +1,10 @@
 """docs/backup-guide.ja.md: every ```bash block runs, in order, as an operator would type it.
 
 The blocks run with ``bash -e`` in a throw-away app root holding the repository's scripts,
-Makefile and backend, on a pseudo-terminal so the guided restore asks its questions; the test
-answers like an operator (Enter for the newest backup, "yes" to confirm). Port 8000 is
-replaced by a free port, and the backend the guide starts is stopped at the end.
+Makefile and backend, and the tool in ``.venv`` (on PATH, as activated), on a pseudo-terminal
+so the guided restore asks its questions; the test answers like an operator (Enter for the
+newest backup, "yes" to confirm). Port 8000 is replaced by a free port, and the backend the
+guide starts is stopped at the end.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     text = GUIDE.read_text(encoding="utf-8")
     blocks = bash_blocks(text)
     assert len(blocks) >= 15
+    # Only this app's processes: a pattern kill would stop every uvicorn on the host.
+    assert not any("pkill" in block or "killall" in block for block in blocks)
     app = install_backend(tmp_path / "aica-sys", rows=50)
     for name in ("scripts", "Makefile"):
         src = REPO / name
@@ -96,18 +99,25 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
             shutil.copytree(src, app.root / name)
         else:
             shutil.copy2(src, app.root / name)
+    # The app root as the README sets it up: the tool (with the backend's extras) in .venv,
+    # activated as the guide says; this checkout's own venv is not on PATH.
+    venv_bin = app.root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name, run in (("python", ""), ("aica-backup", " -m aica_backup")):
+        (venv_bin / name).write_text(f'#!/bin/sh\nexec {sys.executable}{run} "$@"\n')
+        (venv_bin / name).chmod(0o755)
+    own_bin = str(Path(sys.executable).parent)
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p != own_bin]
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AICA_")},
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AICA_", "VIRTUAL_ENV"))},
+        "PATH": os.pathsep.join([str(venv_bin), *path]),
         "TERM": "dumb",
         "COLUMNS": "120",
     }
     try:
         for i, block in enumerate(blocks):
-            script = block.replace("8000", str(port)).replace(
-                'pkill -f "uvicorn main:app"', f'pkill -f "uvicorn main:app --port {port}"'
-            )
+            script = block.replace("8000", str(port))
             code, output = run_on_terminal(script, app.root, env)
             assert code == 0, f"block {i + 1} failed ({code}):\n{block}\n--- output ---\n{output}"
             if "PRAGMA integrity_check" in block:

@@ -3,20 +3,28 @@ systemd service + timer (checked by the real systemd-analyze where it exists).""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import os
+import pwd
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from aica_backup import schedule
 from aica_backup.errors import UsageError
-from tests.support.app import App
+from tests.support.app import App, make_app
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = "/path/to/aica-sys"
@@ -43,11 +51,19 @@ def test_lines_are_the_guides() -> None:
     assert schedule.cron_lines(Path(SAMPLE_ROOT)) == GUIDE_LINES
 
 
+def lines_for(app: App) -> list[str]:
+    """The guide's lines for ``app``, with the log this user gets (the guide's where writable)."""
+    lines = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
+    if schedule.can_append(schedule.DEFAULT_LOG_FILE):
+        return lines
+    fallback = str(app.backups / ".aica-backup" / "cron.log")
+    return [line.replace(str(schedule.DEFAULT_LOG_FILE), fallback) for line in lines]
+
+
 def test_command_prints_the_guide_lines_for_this_app(app: App) -> None:
     with_backup_script(app)
     proc = app.run("schedule", "cron")
-    expected = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
-    assert proc.stdout.splitlines() == expected
+    assert proc.stdout.splitlines() == lines_for(app)
     assert "backup.sh" not in proc.stderr
 
 
@@ -59,6 +75,7 @@ def test_command_warns_outside_an_app_root(app: App) -> None:
 
 def test_log_option_is_made_absolute(app: App, tmp_path: Path) -> None:
     with_backup_script(app)
+    (tmp_path / "logs").mkdir()
     proc = app.run("schedule", "cron", "--log", "logs/backup.log", cwd=tmp_path)
     for line in proc.stdout.splitlines():
         assert line.endswith(f">> {tmp_path}/logs/backup.log 2>&1")
@@ -203,13 +220,13 @@ def test_install_and_remove_with_the_real_crontab(app: App, user_crontab: None) 
     assert installed is not None
     assert installed.startswith(mine)
     assert installed.count(schedule.BEGIN_MARKER) == 1
-    expected = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
-    assert [line for line in installed.splitlines() if line.startswith("0 ")] == expected
+    assert [line for line in installed.splitlines() if line.startswith("0 ")] == lines_for(app)
     assert "Removed" in app.run("schedule", "cron", "--remove").stdout
     assert crontab_text() == mine
 
 
 def test_missing_crontab_is_a_clear_error(app: App, tmp_path: Path) -> None:
+    with_backup_script(app)
     empty = tmp_path / "empty-path"
     empty.mkdir()
     proc = app.run(
@@ -222,6 +239,209 @@ def test_missing_crontab_is_a_clear_error(app: App, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "the crontab command is not installed" in proc.stderr
     assert "apt-get install cron" in proc.stderr
+    assert not app.backups.exists()  # a failed command makes nothing
+
+
+def test_install_refuses_a_log_it_cannot_write(app: App, tmp_path: Path) -> None:
+    """An explicit --log that cannot be opened: cron would fail the redirection, and the backup
+    would never start. Refused, with the fix, and nothing installed."""
+    with_backup_script(app)
+    log = tmp_path / "no such folder" / "backup.log"
+    empty = tmp_path / "empty-path"  # no crontab on PATH: the refusal must come before it
+    empty.mkdir()
+    for args in (("--install",), ()):
+        proc = app.run(
+            "schedule", "cron", "--log", str(log), *args, check=False, env={"PATH": str(empty)}
+        )
+        assert proc.returncode == 3, proc.stderr
+        assert f"you cannot write {log}: cron would fail to open it" in proc.stderr
+        assert f"mkdir -p {log.parent}" in proc.stderr and proc.stdout == ""
+    assert not log.parent.exists() and not app.backups.exists()
+
+
+def test_install_refuses_a_line_whose_script_is_missing(app: App, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    proc = app.run("schedule", "cron", "--install", check=False, env={"PATH": str(empty)})
+    assert proc.returncode == 3
+    assert "scripts/backup.sh is missing or not executable: the jobs would fail" in proc.stderr
+    assert not app.backups.exists()
+
+
+# -- the real cron daemon, running the installed line as an unprivileged user ------------------
+
+CRON = shutil.which("cron") or next(
+    (p for p in ("/usr/sbin/cron", "/usr/sbin/crond") if os.access(p, os.X_OK)), None
+)
+USERADD = shutil.which("useradd") or next(
+    (p for p in ("/usr/sbin/useradd",) if os.access(p, os.X_OK)), None
+)
+SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+
+
+@pytest.fixture
+def cron_daemon() -> Iterator[None]:
+    """The real cron daemon: the one already running, or one started here and stopped after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runs the cron daemon and makes a second user")
+    if CRON is None or CRONTAB is None or USERADD is None:
+        pytest.skip("cron is not installed here (Debian: apt-get install cron)")
+    proc = subprocess.Popen([CRON, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(1.5)  # exits at once when another cron holds its pid file: use that one
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def second_user() -> Iterator[pwd.struct_passwd]:
+    """A real unprivileged account with a home under a world-traversable /tmp folder."""
+    if os.geteuid() != 0 or USERADD is None:
+        pytest.skip("needs root and useradd to make a second user")
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"needs {SYSTEM_PYTHON}, which a second user can run")
+    base = Path(tempfile.mkdtemp(prefix="aica-user-", dir="/tmp"))
+    base.chmod(0o755)
+    name = f"aicab{os.getpid()}_{base.name[-6:].lower()}"  # unique per test, <= 32 chars
+    subprocess.run(
+        [
+            USERADD,
+            "--home-dir",
+            str(base / "home"),
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--user-group",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        if CRONTAB is not None:
+            subprocess.run([CRONTAB, "-u", name, "-r"], capture_output=True)
+        wait_for_no_processes(pwd.getpwnam(name).pw_uid, 30)
+        subprocess.run(["userdel", name], check=True, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for_no_processes(uid: int, timeout: float) -> None:
+    """Wait until no process runs as ``uid`` (a cron job still finishing, for instance)."""
+    deadline = time.monotonic() + timeout
+    while any(p.info["uids"] and p.info["uids"].real == uid for p in psutil.process_iter(["uids"])):
+        assert time.monotonic() < deadline, f"processes of uid {uid} still running"
+        time.sleep(0.1)
+
+
+def install_tool_for_anyone(venv: Path) -> None:
+    """aica-backup in ``venv``, as `pip install` would put it, readable by every user.
+
+    This checkout and its .venv may sit in root's 0700 home, out of another user's reach, so
+    the venv is the system Python's with copies of the package and its runtime dependencies.
+    """
+    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3.*/site-packages"))
+    shutil.copytree(
+        REPO / "src" / "aica_backup",
+        site / "aica_backup",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    todo, seen = ["aica-backup"], set()
+    while todo:
+        for text in importlib.metadata.distribution(todo.pop()).requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue  # an extra, or another platform's
+            name = requirement.name.lower()
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    for name in seen:
+        for file in importlib.metadata.distribution(name).files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts:
+                continue
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(str(file.locate())), target)
+    tool = venv / "bin" / "aica-backup"
+    tool.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom aica_backup.cli import main\nsys.exit(main())\n"
+    )
+    tool.chmod(0o755)
+
+
+def chown_tree(path: Path, user: pwd.struct_passwd) -> None:
+    for folder, dirs, files in os.walk(path):
+        for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+            os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def app_of(user: pwd.struct_passwd) -> App:
+    """A sample app of ``user``'s, set up as the README says: scripts/, the tool in .venv."""
+    app = make_app(Path(user.pw_dir).parent / "aica-sys")
+    (app.root / "scripts").mkdir()
+    for name in ("backup.sh", "_aica.sh"):
+        shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
+    install_tool_for_anyone(app.root / ".venv")
+    chown_tree(app.root, user)
+    return app
+
+
+@pytest.mark.slow
+def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
+    cron_daemon: None, second_user: pwd.struct_passwd
+) -> None:
+    """The reported case: `schedule cron --install` as a user who cannot write /var/log. The
+    line it installs must run under the real cron daemon: a backup made by that user, its
+    output in the log the command named."""
+    app = app_of(second_user)
+    env = {"HOME": second_user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    proc = subprocess.run(
+        [str(app.root / ".venv" / "bin" / "aica-backup"), "schedule", "cron", "--install"],
+        cwd=app.root,
+        env=env,
+        user=second_user.pw_uid,
+        group=second_user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = app.backups / ".aica-backup" / "cron.log"
+    assert f"You cannot write {schedule.DEFAULT_LOG_FILE}: the jobs log to {log}" in proc.stderr
+    assert CRONTAB is not None
+    name = second_user.pw_name
+    installed = subprocess.run(
+        [CRONTAB, "-u", name, "-l"], capture_output=True, text=True, check=True
+    ).stdout
+    daily = next(line for line in installed.splitlines() if line.startswith("0 3 * * * "))
+    assert daily == f"0 3 * * * cd {app.root} && ./scripts/backup.sh >> {log} 2>&1"
+    # The same command, every minute: cron runs it at the next minute boundary.
+    subprocess.run(
+        [CRONTAB, "-u", name, "-"],
+        input=installed.replace("0 3 * * * ", "* * * * * "),
+        text=True,
+        check=True,
+    )
+    deadline = time.monotonic() + 75
+    while "Backup created" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "cron never ran the installed line"
+        time.sleep(0.5)
+    subprocess.run([CRONTAB, "-u", name, "-r"], check=True)
+    wait_for_no_processes(second_user.pw_uid, 60)  # the job logs, then indexes and prunes
+    made = app.archives()
+    assert len(made) == 1
+    for path in [app.backups, *app.backups.rglob("*")]:
+        assert path.stat().st_uid == second_user.pw_uid, path  # all the user's own
+    assert log.stat().st_uid == second_user.pw_uid
+    assert made[0].name in log.read_text()
 
 
 # -- systemd -----------------------------------------------------------------------------------
@@ -337,3 +557,120 @@ def test_timer_calendars_parse(spec: str, when: str) -> None:
     assert f"Normalized form: {spec}" in proc.stdout
     next_elapse = next(line for line in proc.stdout.splitlines() if "Next elapse:" in line)
     assert when in next_elapse
+
+
+SERVICE_SCORE_LIMIT = 4.0  # systemd-analyze's exposure, 0 (safe) to 10; "OK" is below 4.0
+
+
+@needs_systemd_analyze
+def test_service_is_hardened_by_systemd_analyze_security(tmp_path: Path) -> None:
+    """The filled-in unit, rated offline by the real systemd-analyze: it was 7.1 MEDIUM."""
+    assert SYSTEMD_ANALYZE is not None
+    service, _ = installed_units(tmp_path)
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"},
+    )
+    found = re.search(r"Overall exposure level for aica-backup\.service: (\d+\.\d+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= SERVICE_SCORE_LIMIT, proc.stdout
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    """systemd's syscall groups (``@name`` -> members, groups included), from systemd-analyze."""
+    assert SYSTEMD_ANALYZE is not None
+    text = subprocess.run(
+        [SYSTEMD_ANALYZE, "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#") and line.startswith(" "):
+            current.append(line.strip())
+    return groups
+
+
+def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
+    """Syscall names of ``names``, groups expanded (iteratively: they nest)."""
+    found: set[str] = set()
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name.startswith("@"):
+            if name not in seen:
+                seen.add(name)
+                todo.extend(groups[name])
+        else:
+            found.add(name)
+    return found
+
+
+def service_filter() -> set[str] | None:
+    """The system calls the shipped unit's SystemCallFilter= lines allow (None: no filter)."""
+    lines = values(unit("aica-backup.service")["Service"], "SystemCallFilter")
+    if not lines:
+        return None
+    assert not lines[0].startswith("~"), "expected an allow list first"
+    groups = syscall_groups()
+    allowed: set[str] = set()
+    for value in lines:
+        deny = value.startswith("~")
+        names = expand(value.lstrip("~").split(), groups)
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+STRACE = shutil.which("strace")
+
+
+@needs_systemd_analyze
+@pytest.mark.slow
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed here")
+def test_the_hardened_service_allows_what_a_backup_does(second_user: pwd.struct_passwd) -> None:
+    """A real `backup --verify` as the unit runs it (an unprivileged User=, the tool in the
+    app's venv), traced with strace: every system call it makes is in the unit's allow list
+    (one outside it would fail with EPERM under systemd), and it opens no /proc file but its
+    own processes' (ProcSubset=pid)."""
+    assert STRACE is not None
+    app = app_of(second_user)
+    trace = Path(second_user.pw_dir) / "trace"
+    proc = subprocess.run(
+        [STRACE, "-f", "-qq", "-o", str(trace), "scripts/backup.sh", "--verify"],
+        cwd=app.root,
+        env={"HOME": second_user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        user=second_user.pw_uid,
+        group=second_user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0 and not trace.exists():
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(app.archives()) == 1
+    calls: set[str] = set()
+    proc_files: set[str] = set()
+    for line in trace.read_text().splitlines():
+        call = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+        if call is None:
+            continue  # "<... resumed>", signals, exits
+        calls.add(call.group(1))
+        opened = re.search(r'open(?:at)?\((?:AT_FDCWD, )?"(/proc/[^"]*)"', line)
+        if opened:
+            proc_files.add(opened.group(1))
+    allowed = service_filter()
+    blocked = set() if allowed is None else calls - allowed
+    assert blocked == set(), f"blocked under the unit: {sorted(blocked)}"
+    assert {"sched_setscheduler", "execve", "fsync"} <= calls  # the trace is real
+    own = re.compile(r"/proc/(self|thread-self|\d+)(/|$)")
+    assert {p for p in proc_files if not own.match(p)} == set()

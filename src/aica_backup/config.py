@@ -35,6 +35,7 @@ ENV_CONTROL = {
     "AICA_BACKUP_ROOT",
     "AICA_BACKUP_CONFIG_FILE",
     "AICA_BACKUP_DEBUG",
+    "AICA_BACKUP_BIN",  # read by scripts/_aica.sh: which aica-backup the wrappers run
     "AICA_BACKUP_TEST_CRASH_AT",  # fault injection for the crash tests (journal.py)
 }
 ENV_ALIASES = {"AICA_BACKUP_IDENTITY": ("encryption", "identity")}

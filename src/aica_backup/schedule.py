@@ -4,19 +4,28 @@ The lines are the guide's, with the app's real root: a daily run at 03:00 and a 
 Sunday at 02:00, both appending to a log file. Installing puts them between two marker lines,
 ``# BEGIN aica-backup`` and ``# END aica-backup``, so running it again replaces that block and
 nothing else: the user's own jobs are never dropped or reordered.
+
+cron opens the log for the redirection before ``backup.sh`` starts, so a log the user cannot
+write means the backup never runs, silently. :func:`choose_log` therefore only ever returns a
+log the user can append to: the guide's ``/var/log/aica-sys-backup.log`` where that works
+(root), else ``cron.log`` in the app's own bookkeeping folder (``backups/.aica-backup/``).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AicaBackupError, UsageError
+from .errors import AicaBackupError, StorageError, UsageError
+from .fsutil import check_writable_dir, ensure_private_dir
 
 DEFAULT_LOG_FILE = Path("/var/log/aica-sys-backup.log")
+FALLBACK_LOG_NAME = "cron.log"  # in the app's bookkeeping folder (backups/.aica-backup/)
 BEGIN_MARKER = "# BEGIN aica-backup"
 END_MARKER = "# END aica-backup"
 MANAGED_NOTE = "# Written by `aica-backup schedule cron --install`; edits here are replaced."
@@ -35,6 +44,83 @@ GUIDE_JOBS = (
     CronJob("0 3 * * *", "毎日午前3時にバックアップ"),
     CronJob("0 2 * * 0", "毎週日曜日午前2時にバックアップ"),
 )
+
+
+@dataclass(frozen=True)
+class LogChoice:
+    """The log the cron jobs append to, and the guide's log when it could not be used."""
+
+    path: Path
+    instead_of: Path | None = None
+
+
+def can_append(path: Path) -> bool:
+    """Whether this user can open ``path`` for appending, as the shell's ``>>`` will.
+
+    A real open (no write) of an existing file, a real probe file in the folder of a new one:
+    permission bits alone miss read-only mounts, ACLs and root-owned files.
+    """
+    if path.exists():
+        if not path.is_file():
+            return False
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY))
+        except OSError:
+            return False
+        return True
+    if not path.parent.is_dir():
+        return False
+    try:
+        check_writable_dir(path.parent)
+    except StorageError:
+        return False
+    return True
+
+
+def choose_log(requested: Path | None, meta_dir: Path) -> LogChoice:
+    """The log for the cron lines: ``requested`` if given (and writable), else the guide's.
+
+    A log this user cannot write is never returned: cron would fail the redirection and the
+    backup would not start. An explicit ``requested`` that cannot be written is refused (the
+    operator asked for that file); without one, the guide's ``/var/log`` file is used where this
+    user may write it, else ``META_DIR/cron.log`` (its folder is made by :func:`prepare_log`).
+    """
+    fallback = meta_dir / FALLBACK_LOG_NAME
+    if requested is not None:
+        if not can_append(requested):
+            instead = f"pass --log with a file you can write (e.g. --log {fallback})"
+            raise UsageError(
+                f"you cannot write {requested}: cron would fail to open it and the backup "
+                "would never start",
+                hint=f"create its folder (mkdir -p {requested.parent}), or {instead}"
+                if not requested.parent.is_dir()
+                else f"{instead}, or as root make it this user's: touch {requested} && "
+                f"chown {_user_name()} {requested}",
+            )
+        return LogChoice(requested)
+    if can_append(DEFAULT_LOG_FILE):
+        return LogChoice(DEFAULT_LOG_FILE)
+    return LogChoice(fallback, instead_of=DEFAULT_LOG_FILE)
+
+
+def prepare_log(choice: LogChoice, meta_dir: Path) -> None:
+    """Make the fallback log's folder (mode 0700, as every backup does), so the line can run."""
+    if choice.path.parent == meta_dir:
+        ensure_private_dir(meta_dir.parent)
+        ensure_private_dir(meta_dir)
+    if not can_append(choice.path):
+        raise UsageError(
+            f"you cannot write {choice.path}: cron would fail to open it and the backup "
+            "would never start",
+            hint="pass --log with a file you can write",
+        )
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _cron_word(value: Path) -> str:

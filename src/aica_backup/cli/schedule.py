@@ -14,7 +14,7 @@ import typer
 
 from .. import schedule
 from ..errors import UsageError
-from .common import JSON_OPTION, emit_json, globals_of, note, out, warn
+from .common import JSON_OPTION, emit_json, globals_of, note, out, settings, warn
 
 schedule_app = typer.Typer(
     help="Scheduled backups: the guide's cron lines (systemd and Docker files are in deploy/).",
@@ -22,17 +22,19 @@ schedule_app = typer.Typer(
 )
 
 
-def _writable(path: Path) -> bool:
-    target = path if path.exists() else path.parent
-    return os.access(target, os.W_OK)
-
-
 def cron(
     ctx: typer.Context,
     log: Annotated[
-        Path,
-        typer.Option("--log", help="File the jobs append their output to.", dir_okay=False),
-    ] = schedule.DEFAULT_LOG_FILE,
+        Path | None,
+        typer.Option(
+            "--log",
+            help="File the jobs append their output to; it must be writable by you. "
+            f"[default: {schedule.DEFAULT_LOG_FILE} where you can write it, else "
+            f"BACKUPS/.aica-backup/{schedule.FALLBACK_LOG_NAME}]",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     install: Annotated[
         bool,
         typer.Option(
@@ -50,7 +52,6 @@ def cron(
     if install and remove:
         raise UsageError("--install and --remove cannot be used together")
     root = globals_of(ctx).root
-    lines = schedule.cron_lines(root, log.absolute())
     if remove:
         changed = schedule.uninstall()
         if json_out:
@@ -65,12 +66,35 @@ def cron(
         return
     script = root / "scripts" / "backup.sh"
     if not os.access(script, os.X_OK):
-        warn(f"{script} is missing or not executable: the jobs would fail (is --root the app?)")
-    if not _writable(log.absolute()):
-        warn(f"you cannot write {log.absolute()}: the jobs' output would be lost (pass --log)")
+        problem = f"{script} is missing or not executable: the jobs would fail"
+        if install:  # never install a line that cannot run
+            raise UsageError(
+                problem,
+                hint="run this from the app root (or pass --root) after copying aica-backup's "
+                "scripts/ into it",
+            )
+        warn(f"{problem} (is --root the app?)")
+    meta_dir = settings(ctx).layout().meta_dir
+    choice = schedule.choose_log(log.absolute() if log is not None else None, meta_dir)
+    if install:
+        schedule.read_crontab()  # fails now if crontab is missing, before anything is made
+        schedule.prepare_log(choice, meta_dir)
+    elif not choice.path.parent.is_dir():
+        warn(
+            f"{choice.path.parent} does not exist yet: create it before pasting these lines "
+            "(--install does)"
+        )
+    if choice.instead_of is not None:
+        note(
+            f"You cannot write {choice.instead_of}: the jobs log to {choice.path} instead "
+            "(--log FILE to choose another)."
+        )
+    lines = schedule.cron_lines(root, choice.path)
     changed = schedule.install(lines) if install else False
     if json_out:
-        emit_json({"lines": lines, "installed": install, "changed": changed})
+        emit_json(
+            {"lines": lines, "log": str(choice.path), "installed": install, "changed": changed}
+        )
         return
     if install:
         note(
