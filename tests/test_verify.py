@@ -5,12 +5,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.app import App
+from aica_backup.errors import StorageError
+from aica_backup.fsutil import free_bytes
+from aica_backup.staging import stage
+from aica_backup.verify import verify_archive
+from tests.support.app import App, make_app
+from tests.support.fs import listing, tmpfs
 
 ORDER = ["backend/aica_sys.db", "public", ".env.production", "manifest.json"]
 
@@ -116,3 +122,68 @@ def test_verify_all_and_backup_verify(app: App) -> None:
     app.run("backup")
     code = app.run("verify", "--all").returncode
     assert code == 0
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Take the free space of ``disk`` down to ``leave`` bytes with one file."""
+    free = free_bytes(disk)
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, free - leave)
+    finally:
+        os.close(fd)
+
+
+def test_a_nearly_full_disk_is_a_storage_fault_and_retention_keeps_the_good_backups(
+    tmp_path: Path,
+) -> None:
+    """Issue 14.1, as reported: a 160 MB tmpfs, three ``backup --verify``, 55 MiB left free.
+
+    ``verify --all`` must report the machine's fault (exit 7) without recording any archive
+    as FAILED, a restore must say the same (not "hostile archive") and change nothing, and
+    the next backup's retention must keep every good archive.
+    """
+    with tmpfs(tmp_path / "disk", "160m") as disk:
+        app = make_app(disk / "app", rows=2000)
+        for _ in range(3):
+            app.run("backup", "--verify")
+        good = [p.name for p in app.archives()]
+        assert len(good) == 3
+        _fill(disk, 55 << 20)
+        index = app.backups / ".aica-backup" / "catalog"
+        records = {n: (index / f"{n}.json").read_bytes() for n in good}
+
+        proc = app.run("verify", "--all", check=False)
+        assert proc.returncode == 7, proc.stdout + proc.stderr
+        for name in good:
+            assert f"not enough free space to check {name}: " in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert {n: (index / f"{n}.json").read_bytes() for n in good} == records  # nothing recorded
+
+        before = listing(app.root)
+        proc = app.run("restore", "--yes", check=False)
+        assert proc.returncode == 7, proc.stdout + proc.stderr
+        assert "not enough free space to restore " in proc.stderr
+        assert "hostile" not in proc.stderr and "bomb" not in proc.stderr
+        assert listing(app.root) == before
+
+        app.run("backup")
+        kept = [p.name for p in app.archives()]
+        assert set(good) < set(kept) and len(kept) == 4
+        for name in good:
+            record = json.loads((index / f"{name}.json").read_text())
+            assert record["verification"]["ok"] is True
+
+
+def test_verify_counts_only_what_it_writes(app: App, tmp_path: Path) -> None:
+    """verify writes only the database: uploads larger than the scratch disk's free space
+    are hashed, not refused as a bomb (they were: the cap counted every member's size)."""
+    (app.uploads / "big.bin").write_bytes(bytes(48 << 20))  # compresses to ~50 KB
+    app.run("backup")
+    archive = app.archives()[-1]
+    with tmpfs(tmp_path / "scratch", "96m") as scratch:
+        report = verify_archive(archive, scratch / "meta")
+        assert report["ok"], report
+        assert report["finished"] is True
+        with pytest.raises(StorageError, match=f"not enough free space to restore {archive.name}"):
+            stage(archive, scratch / "dest", check="none")

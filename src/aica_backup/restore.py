@@ -40,7 +40,7 @@ from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
-from .staging import Staged, apply_metadata, stage
+from .staging import Staged, apply_metadata, expected_bytes, stage
 
 
 @dataclass(frozen=True)
@@ -300,6 +300,7 @@ def restore(
             progress=progress,
             writeback=True,
             checked_sha256=options.checked_sha256,
+            expect_bytes=expected_bytes(archive),
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
         staged.raise_if_bad()

@@ -21,7 +21,7 @@ from .errors import AicaBackupError
 from .fsutil import TMP_PREFIX, ensure_private_dir
 from .layout import Component
 from .snapshot import CheckMode
-from .staging import stage
+from .staging import expected_bytes, stage
 
 
 def verify_archive(
@@ -34,7 +34,9 @@ def verify_archive(
     """Check one archive fully; return a JSON-able report (``ok`` plus ``problems``).
 
     Damage is reported, not raised; only errors outside the archive (a missing key, an
-    unreadable file, a full scratch disk) raise.
+    unreadable file, a full scratch disk, Ctrl-C) raise, and then there is no report: a
+    verification that did not finish says nothing about the archive. Every report returned
+    is ``finished``.
     """
     started = time.perf_counter()
     ensure_private_dir(scratch_parent)
@@ -44,6 +46,7 @@ def verify_archive(
         "archive": archive.name,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "how": f"sha256 of every member + {'integrity_check' if check == 'integrity' else check}",
+        "finished": True,
     }
     try:
         staged = stage(
@@ -53,6 +56,8 @@ def verify_archive(
             check=check,
             write=lambda _entry, is_first: is_first,
             drop_database=True,
+            purpose="check",
+            expect_bytes=expected_bytes(archive, database_only=True),
         )
     except AicaBackupError as exc:
         if exc.exit_code.name != "ARCHIVE":

@@ -9,10 +9,10 @@ import typer
 
 from ..catalog import Catalog
 from ..config import Settings
-from ..errors import ExitCode, UsageError
+from ..errors import AicaBackupError, ExitCode, UsageError
 from ..verify import verify_archive
 from .archives import identities_for, resolve_archive
-from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings
+from .common import JSON_OPTION, emit_json, err, human_size, out, progress_bar, settings
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
         identities=identities_for(s, path, identity),
         check=s.restore.check,
     )
-    keys = ("ok", "at", "how", "problems", "database_sha256")
+    keys = ("ok", "finished", "at", "how", "problems", "database_sha256")
     catalog.record_verification(name, {k: report[k] for k in keys if k in report})
     return report
 
@@ -72,13 +72,25 @@ def command(
                 )
             )
         for name in names:
-            reports.append(verify_and_record(s, name, identity))
-    failed = [r for r in reports if not r["ok"]]
+            try:
+                reports.append(verify_and_record(s, name, identity))
+            except AicaBackupError as exc:
+                if len(names) == 1:
+                    raise
+                # The machine's fault (a full disk, a missing key), not the archive's: said
+                # for this archive, recorded nowhere, and the others are still checked.
+                reports.append(
+                    {"archive": name, "ok": False, "error": str(exc), "code": int(exc.exit_code)}
+                )
+    failed = [r for r in reports if not r["ok"] and "error" not in r]
+    errors = [r for r in reports if "error" in r]
     if json_out:
-        emit_json({"ok": not failed, "archives": reports})
+        emit_json({"ok": not failed and not errors, "archives": reports})
     else:
         for r in reports:
-            if r["ok"]:
+            if "error" in r:
+                err.print(f"ERROR   {r['archive']}  {r['error']}", markup=False)
+            elif r["ok"]:
                 out.print(
                     f"OK      {r['archive']}  {r['members']} members, "
                     f"{human_size(r['bytes'])}, database {r['database']}, {r['seconds']:.1f} s",
@@ -88,7 +100,9 @@ def command(
                 out.print(f"FAILED  {r['archive']}  {r['problems'][0]}", markup=False)
                 for p in r["problems"][1:5]:
                     out.print(f"        {p}", markup=False)
-    return int(ExitCode.ARCHIVE if failed else ExitCode.OK)
+    if failed:
+        return int(ExitCode.ARCHIVE)
+    return errors[0]["code"] if errors else int(ExitCode.OK)
 
 
 def register(app: typer.Typer) -> None:
