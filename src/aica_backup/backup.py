@@ -43,7 +43,7 @@ from .fsutil import (
     storage_error,
 )
 from .layout import Component, Layout
-from .manifest import MANIFEST_NAME, ComponentInfo, Manifest
+from .manifest import MANIFEST_NAME, ComponentInfo, Manifest, member_path_problem
 from .snapshot import CheckMode, DatabaseInfo, inspect_snapshot, take_snapshot
 
 # progress(bytes_done, bytes_total, phase)
@@ -108,22 +108,30 @@ def _walk_uploads(layout: Layout, sizes: bool) -> list[_Source]:
     """
     top = str(layout.uploads_path)
     out: list[_Source] = [_Source(layout.uploads, 0, os.stat(top))]
+    # Depth first with a stack of open folders, not recursion: the depth is the users' (a
+    # 985-level tree raised RecursionError in restore). The order is the recursive walk's.
 
-    def walk(folder: str, arc: str) -> None:
+    def listed(folder: str) -> Iterator[os.DirEntry[str]]:
         try:
-            entries = sorted(os.scandir(folder), key=_by_name)
+            return iter(sorted(os.scandir(folder), key=_by_name))
         except OSError as exc:
             raise storage_error(f"cannot read uploads folder {folder}", exc) from exc
-        for e in entries:
-            child_arc = f"{arc}/{e.name}"
-            if e.is_dir(follow_symlinks=False):
-                out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
-                walk(e.path, child_arc)
-            else:  # links and special files are reported by the writer and skipped
-                size = e.stat(follow_symlinks=False).st_size if sizes else 0
-                out.append(_Source(child_arc, size, None))
 
-    walk(top, layout.uploads)
+    stack = [(listed(top), layout.uploads)]
+    while stack:
+        entries, arc = stack[-1]
+        e = next(entries, None)
+        if e is None:
+            stack.pop()
+            continue
+        child_arc = f"{arc}/{e.name}"
+        if e.is_dir(follow_symlinks=False):
+            out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
+            if member_path_problem(child_arc) is None:  # else the writer says why
+                stack.append((listed(e.path), child_arc))
+        else:  # links and special files are reported by the writer and skipped
+            size = e.stat(follow_symlinks=False).st_size if sizes else 0
+            out.append(_Source(child_arc, size, None))
     return out
 
 
@@ -340,7 +348,11 @@ def _manifest(
             bool(uploads),
             {"file_count": len(files), "total_bytes": sum(m.size for m in files)},
         ),
-        Component.CONFIG: ComponentInfo(layout.config, config_present),
+        # present only if archived: the file can vanish between the look and the read
+        Component.CONFIG: ComponentInfo(
+            layout.config,
+            config_present and any(m.component is Component.CONFIG for m in writer.members),
+        ),
     }
     return Manifest(
         tool_version=__version__,

@@ -35,9 +35,11 @@ from .fsutil import (
     same_filesystem,
     spread_subfolders,
     sync_to_disk,
+    walk_tree,
 )
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
+from .manifest import check_app_name
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, expected_bytes, stage
@@ -120,18 +122,11 @@ def _describe_file(path: Path) -> str:
 def _tree(root: Path) -> dict[str, tuple[int, float]]:
     """Relative path → (size, mtime) of every file under ``root`` (links not followed)."""
     out: dict[str, tuple[int, float]] = {}
-
-    def walk(folder: str, prefix: str) -> None:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    walk(e.path, f"{prefix}{e.name}/")
-                else:
-                    st = e.stat(follow_symlinks=False)
-                    out[prefix + e.name] = (st.st_size, st.st_mtime)
-
     if root.is_dir():
-        walk(str(root), "")
+        for rel, e in walk_tree(root):
+            if not e.is_dir(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                out[rel] = (st.st_size, st.st_mtime)
     return out
 
 
@@ -241,9 +236,8 @@ def _chown_like(staged_path: Path, live: Path) -> None:
         return  # staged by this user into folders of the same group: every file is so owned
     os.chown(staged_path, st.st_uid, st.st_gid)
     if staged_path.is_dir():
-        for folder, dirs, files in os.walk(staged_path):
-            for name in dirs + files:
-                os.chown(Path(folder) / name, st.st_uid, st.st_gid)
+        for _rel, e in walk_tree(staged_path):
+            os.chown(e.path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _safety_backup(layout: Layout, options: RestoreOptions) -> str | None:
@@ -304,12 +298,7 @@ def restore(
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
         staged.raise_if_bad()
-        if staged.manifest.app_name != layout.app_name:
-            raise ArchiveError(
-                f"archive was made for app {staged.manifest.app_name!r}, "
-                f"this is {layout.app_name!r}",
-                hint="check --root, or set app_name in aica-backup.toml",
-            )
+        check_app_name(staged.manifest, layout.app_name)
         changes = compare(layout, staged, options.only)
         if options.dry_run:
             _discard(work)

@@ -14,6 +14,7 @@ from ..backup import BackupOptions
 from ..catalog import ArchiveEntry, Catalog, parse_name
 from ..config import Settings
 from ..errors import AbortedError, UsageError
+from ..fsutil import walk_tree
 from ..layout import COMPONENT_ORDER, Component, Layout
 from ..lock import exclusive_lock
 from ..restore import RestoreOptions, RestoreResult, restore
@@ -60,7 +61,7 @@ def _current(layout: Layout, comp: Component) -> str:
     path = layout.path(comp)
     if comp is Component.UPLOADS:
         return (
-            f"{sum(1 for p in path.rglob('*') if p.is_file()):,} files"
+            f"{sum(1 for _, e in walk_tree(path) if e.is_file(follow_symlinks=False)):,} files"
             if path.is_dir()
             else "absent"
         )

@@ -12,7 +12,16 @@ from ..config import Settings
 from ..errors import AicaBackupError, ExitCode, UsageError
 from ..verify import verify_archive
 from .archives import identities_for, resolve_archive
-from .common import JSON_OPTION, emit_json, err, human_size, out, progress_bar, settings
+from .common import (
+    JSON_OPTION,
+    emit_json,
+    err,
+    human_size,
+    out,
+    progress_bar,
+    settings,
+    warn,
+)
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
@@ -24,6 +33,7 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
         s.layout().meta_dir,
         identities=identities_for(s, path, identity),
         check=s.restore.check,
+        app_name=s.layout().app_name,
     )
     keys = ("ok", "finished", "at", "how", "problems", "database_sha256")
     catalog.record_verification(name, {k: report[k] for k in keys if k in report})
@@ -69,6 +79,7 @@ def command(
                     s.layout().meta_dir,
                     identities=identities_for(s, outside, identity),
                     check=s.restore.check,
+                    app_name=s.layout().app_name,
                 )
             )
         for name in names:
@@ -100,9 +111,13 @@ def command(
                 out.print(f"FAILED  {r['archive']}  {r['problems'][0]}", markup=False)
                 for p in r["problems"][1:5]:
                     out.print(f"        {p}", markup=False)
+            for w in r.get("warnings", []):
+                warn(f"{r['archive']}: {w}")
     if failed:
         return int(ExitCode.ARCHIVE)
-    return errors[0]["code"] if errors else int(ExitCode.OK)
+    if errors:
+        return int(errors[0]["code"])
+    return int(ExitCode.WARNING if any(r.get("warnings") for r in reports) else ExitCode.OK)
 
 
 def register(app: typer.Typer) -> None:
