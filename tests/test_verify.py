@@ -7,7 +7,9 @@ import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -366,3 +368,40 @@ def test_a_985_level_tree_backs_up_verifies_and_restores(app: App, tmp_path: Pat
     finally:  # pytest's own clean-up of tmp_path recurses once per level too
         discard_tree(app.root)
         discard_tree(target)
+
+
+def test_ctrl_c_during_verify_all_records_nothing_unfinished(app: App) -> None:
+    """A real SIGINT to a real ``verify --all``: whichever archive it lands in, no record of
+    a failure appears (every archive is good), only finished verifications are recorded."""
+    (app.uploads / "noise.bin").write_bytes(os.urandom(4 << 20))
+    for _ in range(12):
+        app.run("backup")
+    index = app.backups / ".aica-backup" / "catalog"
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from aica_backup.cli import main; main(sys.argv[1:])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--root", str(app.root), "verify", "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any("verification" in p.read_text() for p in index.glob("*.json")):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err
+    records = [json.loads(p.read_text()).get("verification") for p in index.glob("*.json")]
+    done = [r for r in records if r is not None]
+    assert done and all(r["ok"] and r["finished"] for r in done), done
+    if proc.returncode == 130:
+        assert len(done) < 12
