@@ -246,24 +246,20 @@ def test_targets_show_how_far_the_rounds_spread() -> None:
             for w, s in zip(walls, safety or walls, strict=True)
         ]
         median_safety = {"restore.safety_backup": sorted(safety)[1]} if safety else {}
-        return {"wall": sorted(walls)[1], "parts": median_safety, "samples": samples, "rss_max": 1}
+        return {"wall": sorted(walls)[1], "parts": median_safety, "samples": samples,
+                "rss_max": 1}
 
     results = {
         "params": {"rounds": 3},
         "ops": {
             "backup": {"aica": op([2.0, 2.6, 2.2]), "baseline": op([25.0, 26.0, 22.0])},
-            "restore": {
-                "aica": op([4.0, 5.0, 4.4], safety=[2.0, 2.0, 2.2]),
-                "baseline": op([4.0, 4.0, 5.0]),
-            },
+            "restore": {"aica": op([4.0, 5.0, 4.4], safety=[2.0, 2.0, 2.2]),
+                        "baseline": op([4.0, 4.0, 5.0])},
             "verify": {"aica": op([2.0, 2.1, 2.2])},
         },
     }
-    measured = {
-        r["target"].split(" ")[0]: r["measured"]
-        for r in run.targets(results)
-        if "peak" not in r["target"]
-    }
+    measured = {r["target"].split(" ")[0]: r["measured"] for r in run.targets(results)
+                if "peak" not in r["target"]}
     assert measured["backup"].endswith("; rounds 0.080–0.100×)")  # 2.0/25 … 2.6/26
     assert measured["restore"].endswith("; rounds 0.44–0.75×)")  # (4.4-2.2)/5 … (5-2)/4
     assert measured["verify"].endswith("; rounds 0.44–0.53×)")  # 2.2/5 … 2.1/4
