@@ -268,8 +268,8 @@ def stage(
             started = checks.get(db_info.path)
             if started is not None:
                 db_integrity, how = started[0].result(), started[1]
-            elif db_info.path not in scan.files:
-                pass  # listed as missing in ``problems``: there is nothing to check
+            elif db_info.path not in scan.files or problems:
+                pass  # refused already (``problems`` says why): no second pass to make
             elif (dest / db_info.path).is_file():
                 db_integrity = integrity_of(dest / db_info.path, check)
             else:  # not first in the archive: written by another tool's order; check it now
