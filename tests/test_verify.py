@@ -405,3 +405,24 @@ def test_ctrl_c_during_verify_all_records_nothing_unfinished(app: App) -> None:
     assert done and all(r["ok"] and r["finished"] for r in done), done
     if proc.returncode == 130:
         assert len(done) < 12
+
+
+def test_backup_skips_what_restore_could_not_create_and_says_so(app: App, tmp_path: Path) -> None:
+    """A tree deeper than a restore can recreate (member paths over 3,072 bytes): backup
+    archives what fits, warns for the rest, and that archive verifies and restores."""
+    deep = app.uploads
+    for _ in range(1600):  # public/uploads/d/…: 3,214 bytes at the bottom
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "leaf.txt").write_bytes(b"too deep")
+    try:
+        proc = app.run("backup", "--verify")
+        assert "path longer than 3072 bytes" in proc.stderr and "not archived" in proc.stderr
+        archive = app.archives()[-1]
+        (app.uploads / "empty.txt").write_bytes(b"changed")
+        app.run("restore", str(archive), "--yes")
+        assert (app.uploads / "empty.txt").read_bytes() == b""
+        assert not (deep / "leaf.txt").exists()
+        assert (app.uploads / "/".join(["d"] * 1500)).is_dir()
+    finally:  # pytest's own clean-up of tmp_path recurses once per level
+        discard_tree(app.root)
