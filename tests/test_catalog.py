@@ -285,3 +285,21 @@ def test_prune_keeps_pinned_and_never_counts_failed(app: App) -> None:
     # the failed newest is kept (newer than the oldest kept) but took no slot: 4 and 3 fill them
     assert sorted(catalog.names()) == sorted([names[0], names[3], names[4], names[5]])
     assert catalog.entry(names[5]).failed and not catalog.entry(names[4]).failed
+
+
+def test_prune_deletes_nothing_for_a_verification_that_did_not_finish(app: App) -> None:
+    """Issue 14.1: records of a failure without ``finished`` (an older release took a full
+    disk for a damaged archive) never get an archive deleted, nor count as good; a finished
+    failure older than the kept ones goes as before."""
+    catalog = Catalog(app.backups)
+    names = [create_archive(Layout(root=app.root), FAST).name for _ in range(4)]  # oldest first
+    legacy = {"ok": False, "problems": ["archive expands beyond 0 bytes: decompression bomb"]}
+    catalog.record_verification(names[0], legacy)
+    catalog.record_verification(names[1], legacy)
+    catalog.record_verification(names[2], {"ok": False, "finished": True, "problems": ["x"]})
+    assert catalog.entry(names[0]).unsure and not catalog.entry(names[2]).unsure
+
+    decision = prune(catalog, Policy(keep_last=1), datetime.now(UTC))
+    assert [c.name for c in decision.remove] == [names[2]]
+    assert sorted(catalog.names()) == sorted([names[0], names[1], names[3]])
+    assert any("did not finish" in r for r in decision.reasons[names[0]])

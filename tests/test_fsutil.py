@@ -225,6 +225,31 @@ def test_discard_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> 
     assert (outside / "keep.txt").read_text() == "not ours"
 
 
+def test_deep_trees_are_walked_and_discarded_without_recursion(tmp_path: Path) -> None:
+    """2,000 levels: Python 3.11's os.walk, os.fwalk and shutil.rmtree raise RecursionError
+    there (issue 14.9); the tool's own walk and removal go through, and leave no descriptor."""
+    tree = tmp_path / "deep"
+    tree.mkdir()
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # made relative to a descriptor, one level at a time: the path outgrows PATH_MAX
+        for _ in range(2000):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    before = _open_fds()
+    shallow = tmp_path / "shallow"
+    (shallow / "a" / "b").mkdir(parents=True)
+    (shallow / "a" / "b" / "f").write_bytes(b"x")
+    assert sorted(rel for rel, _ in fsutil.walk_tree(shallow)) == ["a", "a/b", "a/b/f"]
+    discard_tree(tree)
+    assert not tree.exists()
+    assert _open_fds() == before
+
+
 def _flags(path: Path) -> int | None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

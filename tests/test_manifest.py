@@ -32,7 +32,15 @@ HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 segment = upload_name(12)
 
 
+DB_MEMBER = Member(DB, "file", 12288, 0o644, 1_700_000_000.5, SHA, Component.DATABASE)
+UPLOADS_DIR = Member(UPLOADS, "dir", 0, 0o755, 1_700_000_000.0, "", Component.UPLOADS)
+
+
 def _manifest(members: list[Member], created: datetime | None = None) -> Manifest:
+    """A consistent manifest: the database and the uploads folder, then ``members``."""
+    members = [DB_MEMBER, UPLOADS_DIR, *(m for m in members if m.path not in (DB, UPLOADS))]
+    files = [m for m in members if m.component is Component.UPLOADS and m.type == "file"]
+    uploads = {"file_count": len(files), "total_bytes": sum(m.size for m in files)}
     return Manifest(
         tool_version="1.0.0",
         created_at=created or datetime(2024, 10, 10, 3, 0, 0, 123456, tzinfo=UTC),
@@ -53,7 +61,7 @@ def _manifest(members: list[Member], created: datetime | None = None) -> Manifes
                     "integrity": "ok",
                 },
             ),
-            Component.UPLOADS: ComponentInfo(UPLOADS, True, {"file_count": 1, "total_bytes": 5}),
+            Component.UPLOADS: ComponentInfo(UPLOADS, True, uploads),
             Component.CONFIG: ComponentInfo(CONFIG, False),
         },
         members=members,
@@ -62,11 +70,7 @@ def _manifest(members: list[Member], created: datetime | None = None) -> Manifes
 
 
 def _valid_doc() -> dict[str, Any]:
-    members = [
-        Member(DB, "file", 12288, 0o644, 1_700_000_000.5, SHA, Component.DATABASE),
-        Member(UPLOADS, "dir", 0, 0o755, 1_700_000_000.0, "", Component.UPLOADS),
-        Member(f"{UPLOADS}/a.txt", "file", 5, 0o644, 1_700_000_001, SHA, Component.UPLOADS),
-    ]
+    members = [Member(f"{UPLOADS}/a.txt", "file", 5, 0o644, 1_700_000_001, SHA, Component.UPLOADS)]
     doc: dict[str, Any] = json.loads(_manifest(members).to_json())
     return doc
 
@@ -126,20 +130,20 @@ def test_member_json_is_what_json_dumps_writes(members: list[Member]) -> None:
     # the pieces the archive writer streams make one document, whatever the member count
     many = members * 700
     doc = json.loads(b"".join(_manifest(many).json_chunks()))
-    assert doc["members"] == [m.to_dict() for m in many]
+    assert doc["members"][2:] == [m.to_dict() for m in many]
 
 
 def test_japanese_names_round_trip_and_summary() -> None:
     members = [Member(f"{UPLOADS}/報告書 2024.txt", "file", 5, 0o644, 1.0, SHA, Component.UPLOADS)]
     parsed = parse_manifest(_manifest(members).to_json())
-    assert parsed.members[0].path == f"{UPLOADS}/報告書 2024.txt"
+    assert parsed.members[2].path == f"{UPLOADS}/報告書 2024.txt"
     assert parsed.member(f"{UPLOADS}/報告書 2024.txt") is not None
-    assert parsed.files() == parsed.members
+    assert parsed.files() == [parsed.members[0], parsed.members[2]]
     summary = parsed.summary()
     assert summary["database"]["page_size"] == 4096
     assert summary["uploads"]["file_count"] == 1
     assert summary["config_present"] is False
-    assert summary["members"] == 1
+    assert summary["members"] == 3
 
 
 def test_valid_doc_parses() -> None:
@@ -177,6 +181,13 @@ def _duplicate_member(doc: dict[str, Any]) -> None:
 def _component_path(comp: str, path: str) -> Any:
     def change(doc: dict[str, Any]) -> None:
         doc["components"][comp]["path"] = path
+
+    return change
+
+
+def _component(comp: str, key: str, value: Any) -> Any:
+    def change(doc: dict[str, Any]) -> None:
+        doc["components"][comp][key] = value
 
     return change
 
@@ -223,6 +234,31 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "created_at as number": (_set("created_at", 1_700_000_000), "'created_at'"),
     "host missing": (_delete("host"), "'host'"),
     "app_root as list": (_set("app_root", ["/srv"]), "'app_root'"),
+    # Issue 14.9: a manifest that contradicts itself or its members (verify passed these,
+    # and restore acted on the wrong field: the live uploads deleted, the archive's dropped)
+    "uploads absent, members listed": (
+        _component("uploads", "present", False),
+        "uploads is recorded absent but 'public/uploads' is listed",
+    ),
+    "database absent, member listed": (
+        _component("database", "present", False),
+        "database is recorded absent",
+    ),
+    "database present, no member": (
+        lambda d: d["members"].pop(0),
+        "database is recorded present but not listed",
+    ),
+    "config present, no member": (_component("config", "present", True), "config is recorded"),
+    "uploads present, no folder": (lambda d: d["members"].pop(1), "their folder"),
+    "file count wrong": (_component("uploads", "file_count", 2), "file_count 2 differs"),
+    "total bytes wrong": (_component("uploads", "total_bytes", 6), "total_bytes 6 differs"),
+    "page count wrong": (_component("database", "page_count", 4), "is not the 12288 bytes"),
+    "failing database archived": (_component("database", "integrity", "bad page"), "failing"),
+    "components overlap": (_component_path("config", f"{UPLOADS}/.env"), "overlap"),
+    "same path twice": (_component_path("config", DB), "overlap"),
+    "component missing": (lambda d: d["components"].pop("config"), "'config' is not recorded"),
+    "folder with a size": (_set_member(1, "size", 5), "has a size"),
+    "unknown compression": (_set("compression", "lz4"), "unknown compression"),
 }
 
 

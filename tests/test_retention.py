@@ -34,8 +34,10 @@ def at(spec: str) -> datetime:
     return datetime.strptime(f"2024-{spec}", "%Y-%m-%d %H:%M").replace(tzinfo=JST)
 
 
-def arc(spec: str, *, pinned: bool = False, failed: bool = False) -> Candidate:
-    return Candidate(f"backup_{spec}", at(spec), pinned=pinned, failed=failed)
+def arc(
+    spec: str, *, pinned: bool = False, failed: bool = False, unsure: bool = False
+) -> Candidate:
+    return Candidate(f"backup_{spec}", at(spec), pinned=pinned, failed=failed, unsure=unsure)
 
 
 def daily(days: int, hour: str = "03:00") -> list[Candidate]:
@@ -188,6 +190,42 @@ CASES: dict[str, Case] = {
         Policy(keep_last=1),
         {"backup_10-10 03:00", "backup_10-09 03:00"},
     ),
+    # Issue 14.1: a full disk made verify record three good archives as FAILED; the next
+    # backup's retention then removed all three. A verification that did not finish is no
+    # ground for deleting anything, and such archives are not counted as good either.
+    "unfinished verifications delete nothing (the full-disk case)": Case(
+        [
+            arc("10-10 03:00"),
+            arc("10-09 03:00", unsure=True),
+            arc("10-08 03:00", unsure=True),
+            arc("10-07 03:00", unsure=True),
+        ],
+        Policy(),
+        {"backup_10-10 03:00", "backup_10-09 03:00", "backup_10-08 03:00", "backup_10-07 03:00"},
+        {"backup_10-08 03:00": "did not finish", "backup_10-10 03:00": "last 7"},
+    ),
+    "unsure archives do not fill the slots of good ones": Case(
+        [
+            arc("10-10 03:00", unsure=True),
+            arc("10-09 03:00"),
+            arc("10-08 03:00"),
+            arc("10-07 03:00"),
+        ],
+        Policy(keep_last=2),
+        {"backup_10-10 03:00", "backup_10-09 03:00", "backup_10-08 03:00"},
+        {"backup_10-10 03:00": "did not finish", "backup_10-07 03:00": "outside"},
+    ),
+    "unsure older than every kept archive is still kept": Case(
+        [arc("10-10 03:00"), arc("10-09 03:00"), arc("10-01 03:00", unsure=True)],
+        Policy(keep_last=1),
+        {"backup_10-10 03:00", "backup_10-01 03:00"},
+        {"backup_10-09 03:00": "outside", "backup_10-01 03:00": "verify it again"},
+    ),
+    "only unsure archives: all kept": Case(
+        [arc("10-10 03:00", unsure=True), arc("10-09 03:00", unsure=True)],
+        Policy(keep_last=1),
+        {"backup_10-10 03:00", "backup_10-09 03:00"},
+    ),
     "pinned failed archive is kept": Case(
         [arc("10-10 03:00"), arc("10-01 03:00", failed=True, pinned=True)],
         Policy(keep_last=1),
@@ -242,6 +280,7 @@ candidates_st = st.lists(
         time=st.integers(0, 400 * 24 * 3600).map(lambda s: NOW - timedelta(seconds=s)),
         pinned=st.booleans(),
         failed=st.booleans(),
+        unsure=st.booleans(),
     ),
     max_size=40,
     unique_by=lambda c: c.name,
@@ -265,7 +304,11 @@ def test_guarantees_hold_for_any_policy(archives: list[Candidate], policy: Polic
     removed = {c.name for c in decision.remove}
     assert kept | removed == {c.name for c in archives} and not kept & removed
     assert all(c.name in kept for c in archives if c.pinned)
-    good = sorted((c for c in archives if not c.failed), key=lambda c: c.time, reverse=True)
+    # never deleted on the strength of a verification that did not finish
+    assert all(c.name in kept for c in archives if c.unsure and not c.failed)
+    good = sorted(
+        (c for c in archives if not c.failed and not c.unsure), key=lambda c: c.time, reverse=True
+    )
     if good:
         assert good[0].name in kept
         kept_good = [c for c in good if c.name in kept]

@@ -44,7 +44,7 @@ from .fsutil import (
     storage_error,
 )
 from .layout import Component, Layout
-from .manifest import MANIFEST_NAME, ComponentInfo, Manifest
+from .manifest import MANIFEST_NAME, ComponentInfo, Manifest, member_path_problem
 from .snapshot import CheckMode, DatabaseInfo, inspect_snapshot, take_snapshot
 
 # progress(bytes_done, bytes_total, phase)
@@ -134,7 +134,8 @@ def _walk_uploads(layout: Layout, sizes: bool) -> tuple[list[_Source], list[dict
         child_arc = f"{arc}/{e.name}"
         if e.is_dir(follow_symlinks=False):
             out.append(_Source(child_arc, 0, e.stat(follow_symlinks=False)))
-            stack.append(entries(e.path, child_arc))
+            if member_path_problem(child_arc) is None:  # else the writer says why
+                stack.append(entries(e.path, child_arc))
         else:  # links and special files are reported by the writer and skipped
             size = e.stat(follow_symlinks=False).st_size if sizes else 0
             out.append(_Source(child_arc, size, None))
@@ -396,7 +397,11 @@ def _manifest(
             bool(uploads),
             {"file_count": len(files), "total_bytes": sum(m.size for m in files)},
         ),
-        Component.CONFIG: ComponentInfo(layout.config, config_present),
+        # present only if archived: the file can vanish between the look and the read
+        Component.CONFIG: ComponentInfo(
+            layout.config,
+            config_present and any(m.component is Component.CONFIG for m in writer.members),
+        ),
     }
     return Manifest(
         tool_version=__version__,

@@ -100,6 +100,13 @@ class ArchiveEntry:
         """True when the last verification of this archive found it damaged."""
         return bool(self.verification) and not self.verification.get("ok", True)  # type: ignore[union-attr]
 
+    @property
+    def unsure(self) -> bool:
+        """True when the last verification's failure may have been the machine's: records
+        of releases before "finished" was written (they took a full disk for a damaged
+        archive). verify records only verifications that finished, with ``finished``."""
+        return self.failed and not (self.verification or {}).get("finished", False)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -296,7 +303,9 @@ def prune(
     restore have their own policy and never push regular backups out, nor the reverse.
     """
     candidates = [
-        Candidate(e.name, e.local_time, pinned=e.pinned, failed=e.failed)
+        Candidate(
+            e.name, e.local_time, pinned=e.pinned, failed=e.failed and not e.unsure, unsure=e.unsure
+        )
         for e in catalog.entries((kind,))
     ]
     decision = apply_policy(candidates, policy, now)

@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from .codec import SUFFIXES
 from .errors import ArchiveError
-from .layout import Component
+from .layout import COMPONENT_ORDER, Component
 
 FORMAT = "aica-backup"
 FORMAT_VERSION = 1
@@ -200,12 +201,43 @@ def safe_member_path(name: str) -> str | None:
     return "/".join(parts)
 
 
+# What a restore can create, wherever it runs: NAME_MAX for each name, and whole paths short
+# enough to stay under PATH_MAX (4096) below an app root and its staging folder. backup,
+# verify and restore all apply :func:`member_path_problem`: what one refuses, all refuse.
+NAME_MAX = 255
+MAX_PATH_BYTES = 3072
+# os.utime takes times as int64 nanoseconds: a later mtime would fail restore, not verify.
+MAX_MTIME = (2**63 - 1) // 10**9
+
+
+def member_path_problem(path: str) -> str | None:
+    """Why ``path`` (a safe member path) cannot be restored on Linux, or None."""
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes ({len(raw)})"
+    if len(raw) > NAME_MAX and any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        return f"a name in it is longer than {NAME_MAX} bytes"
+    return None
+
+
+def check_app_name(manifest: Manifest, app_name: str) -> None:
+    """Raise ArchiveError unless the archive was made for the app called ``app_name``."""
+    if manifest.app_name != app_name:
+        raise ArchiveError(
+            f"archive was made for app {manifest.app_name!r}, this is {app_name!r}",
+            hint="check --root, or set app_name in aica-backup.toml",
+        )
+
+
 def _parse_member(raw: Any) -> Member:
     if not isinstance(raw, dict):
         raise _bad("a member entry is not an object")
     path = _get(raw, "path", str)
     if safe_member_path(path) != path:
         raise _bad(f"unsafe member path {path!r}")
+    problem = member_path_problem(path)
+    if problem is not None:
+        raise _bad(f"member {path!r}: {problem}")
     kind = _get(raw, "type", str)
     if kind not in ("file", "dir"):
         raise _bad(f"member {path!r} has unsupported type {kind!r}")
@@ -224,6 +256,8 @@ def _parse_member(raw: Any) -> Member:
         mtime = float(_get(raw, "mtime", (int, float)))
     except OverflowError:  # an integer of hundreds of digits
         raise _bad(f"member {path!r} has an invalid mtime") from None
+    if abs(mtime) > MAX_MTIME:
+        raise _bad(f"member {path!r} has an invalid mtime")
     return Member(
         path=path,
         type=kind,
@@ -233,6 +267,67 @@ def _parse_member(raw: Any) -> Member:
         sha256=sha,
         component=component,
     )
+
+
+def _check_consistent(components: dict[Component, ComponentInfo], members: list[Member]) -> None:
+    """Every field agrees with every other and with the member list, as a backup writes them.
+
+    A manifest that contradicts itself is refused whole: restore acts on the components'
+    ``present`` flags (an uploads tree recorded absent is removed from the live app, the
+    archive's own copy thrown away) and verify must not pass what restore would get wrong.
+    """
+    for comp in COMPONENT_ORDER:
+        if comp not in components:
+            raise _bad(f"component {str(comp)!r} is not recorded")
+    for a, info_a in components.items():
+        for b, info_b in components.items():
+            if a is not b and _within(info_a.path, info_b.path):
+                raise _bad(f"components {str(a)!r} and {str(b)!r} overlap at {info_a.path!r}")
+    listed: dict[Component, list[Member]] = {comp: [] for comp in components}
+    for m in members:
+        listed[m.component].append(m)
+        if m.type == "dir" and m.size != 0:
+            raise _bad(f"folder {m.path!r} has a size")
+    for comp, info in components.items():
+        mine = listed[comp]
+        if not info.present:
+            if mine:
+                raise _bad(f"{comp} is recorded absent but {mine[0].path!r} is listed")
+            continue
+        if comp is Component.UPLOADS:
+            if not any(m.path == info.path and m.type == "dir" for m in mine):
+                raise _bad(f"uploads are recorded present but their folder {info.path!r} is not")
+            files = [m for m in mine if m.type == "file"]
+            for key, value in (
+                ("file_count", len(files)),
+                ("total_bytes", sum(m.size for m in files)),
+            ):
+                if key in info.details and info.details[key] != value:
+                    raise _bad(
+                        f"uploads {key} {info.details[key]!r} differs from the {value} listed"
+                    )
+            continue
+        if len(mine) != 1 or mine[0].path != info.path or mine[0].type != "file":
+            raise _bad(f"{comp} is recorded present but not listed as one file at {info.path!r}")
+        if comp is Component.DATABASE:
+            _check_database(info, mine[0])
+
+
+def _check_database(info: ComponentInfo, member: Member) -> None:
+    d = info.details
+    page_size, page_count = d.get("page_size"), d.get("page_count")
+    sized = isinstance(page_size, int) and isinstance(page_count, int)
+    if sized and page_size * page_count != member.size:  # type: ignore[operator]
+        raise _bad(
+            f"database of {page_count} pages of {page_size} bytes "
+            f"is not the {member.size} bytes listed"
+        )
+    if "integrity" in d and d["integrity"] not in ("ok", "skipped"):
+        raise _bad(f"database recorded as failing its check ({d['integrity']!r}) was archived")
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
 
 
 def parse_manifest(data: bytes) -> Manifest:
@@ -279,6 +374,10 @@ def parse_manifest(data: bytes) -> Manifest:
         info = components.get(m.component)
         if info is None or not (m.path == info.path or m.path.startswith(info.path + "/")):
             raise _bad(f"member {m.path!r} lies outside its component")
+    _check_consistent(components, members)
+    compression = _get(doc, "compression", str)
+    if compression not in SUFFIXES:
+        raise _bad(f"unknown compression {compression!r}")
     warnings = doc.get("warnings", [])
     skipped = _parse_skipped(doc, components, {m.path for m in members if m.type == "file"})
     return Manifest(
@@ -288,7 +387,7 @@ def parse_manifest(data: bytes) -> Manifest:
         host=_get(doc, "host", str),
         app_root=_get(doc, "app_root", str),
         app_name=_get(doc, "app_name", str),
-        compression=_get(doc, "compression", str),
+        compression=compression,
         components=components,
         members=members,
         warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],

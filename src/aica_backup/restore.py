@@ -36,14 +36,15 @@ from .fsutil import (
     same_filesystem,
     spread_subfolders,
     sync_to_disk,
+    walk_tree,
 )
 from .journal import JOURNAL_NAME, Item, Journal, crashpoint
 from .layout import COMPONENT_ORDER, Component, Layout
 from .leftovers import staging_folder, staging_name
-from .manifest import Member
+from .manifest import Member, check_app_name
 from .retention import Policy
 from .snapshot import CheckMode, open_snapshot
-from .staging import Staged, apply_metadata, stage
+from .staging import Staged, apply_metadata, expected_bytes, stage
 
 # How many of the files a restore replaces or deletes the confirm screen names, largest first.
 LARGEST = 10
@@ -131,22 +132,12 @@ def _described(size: int, mtime: float) -> str:
 
 
 def _tree(root: Path) -> dict[str, os.stat_result]:
-    """Relative path → lstat of every non-folder under ``root`` (links not followed).
-
-    Iterative: the depth of an uploads tree is the users' to choose.
-    """
+    """Relative path → lstat of every non-folder under ``root`` (links not followed)."""
     out: dict[str, os.stat_result] = {}
-    if not root.is_dir():
-        return out
-    pending = [(str(root), "")]
-    while pending:
-        folder, prefix = pending.pop()
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    pending.append((e.path, f"{prefix}{e.name}/"))
-                else:
-                    out[prefix + e.name] = e.stat(follow_symlinks=False)
+    if root.is_dir():
+        for rel, e in walk_tree(root):
+            if not e.is_dir(follow_symlinks=False):
+                out[rel] = e.stat(follow_symlinks=False)
     return out
 
 
@@ -331,9 +322,8 @@ def _chown_like(staged_path: Path, live: Path) -> None:
         return  # staged by this user into folders of the same group: every file is so owned
     os.chown(staged_path, st.st_uid, st.st_gid)
     if staged_path.is_dir():
-        for folder, dirs, files in os.walk(staged_path):
-            for name in dirs + files:
-                os.chown(Path(folder) / name, st.st_uid, st.st_gid)
+        for _rel, e in walk_tree(staged_path):
+            os.chown(e.path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _safety_backup(layout: Layout, options: RestoreOptions) -> str | None:
@@ -406,16 +396,12 @@ def _transaction(
             progress=progress,
             writeback=True,
             checked_sha256=options.checked_sha256,
+            expect_bytes=expected_bytes(archive),
         )
         timings["stage_and_verify"] = time.perf_counter() - t0
         crashpoint("staged")
         staged.raise_if_bad()
-        if staged.manifest.app_name != layout.app_name:
-            raise ArchiveError(
-                f"archive was made for app {staged.manifest.app_name!r}, "
-                f"this is {layout.app_name!r}",
-                hint="check --root, or set app_name in aica-backup.toml",
-            )
+        check_app_name(staged.manifest, layout.app_name)
         changes = compare(layout, staged, options.only)
         if options.dry_run:
             _discard(work)

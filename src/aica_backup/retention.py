@@ -3,8 +3,11 @@
 ``apply_policy`` never touches the disk, so every rule is tested against tables. Rules follow
 restic's ``forget``: the newest N (``keep_last``), the newest archive of each of the last N
 days / ISO weeks / months / years that have one, and everything younger than ``keep_within``.
-Three guarantees hold whatever the policy: pinned archives are kept, the newest good archive
-is kept, and an archive whose verification failed never fills a slot of the policy.
+Four guarantees hold whatever the policy: pinned archives are kept, the newest good archive
+is kept, an archive whose verification failed never fills a slot of the policy, and an
+archive whose last verification did not finish (``unsure``: a full disk, an I/O error, an
+interruption, recorded by an older release as a failure) is neither deleted for it nor
+counted as good: it is kept until a verification finishes.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class Candidate:
     name: str
     time: datetime  # timezone-aware
     pinned: bool = False
-    failed: bool = False
+    failed: bool = False  # its last verification finished and found it damaged
+    unsure: bool = False  # its last verification did not finish: neither good nor failed
 
 
 @dataclass
@@ -72,7 +76,7 @@ def apply_policy(archives: Sequence[Candidate], policy: Policy, now: datetime) -
     ordered = sorted(archives, key=lambda a: a.time, reverse=True)  # stable: ties keep order
     rank = {a.name: i for i, a in enumerate(ordered)}  # 0 is the newest
     reasons: dict[str, list[str]] = {a.name: [] for a in ordered}
-    good = [a for a in ordered if not a.failed]
+    good = [a for a in ordered if not a.failed and not a.unsure]
 
     for i, a in enumerate(good):
         if i < policy.keep_last:
@@ -94,6 +98,8 @@ def apply_policy(archives: Sequence[Candidate], policy: Policy, now: datetime) -
     for a in ordered:
         if a.pinned:
             reasons[a.name].append("pinned")
+        if a.unsure and not a.failed:
+            reasons[a.name].append("last verification did not finish: verify it again")
 
     kept_good = [a for a in good if reasons[a.name]]
     # By rank, not time: a failed archive made in the same second as the oldest kept one

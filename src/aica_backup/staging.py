@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import io
 import os
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,22 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from .archive import Limits, ScanResult, compare_with_manifest, open_tar_stream
+from .archive import ScanResult, compare_with_manifest, open_tar_stream
 from .archive.reader import Entry, scan_archive
-from .errors import ArchiveError
+from .codec import format_of
+from .errors import ArchiveError, StorageError
 from .fsutil import (
     PRIVATE_DIR,
     PRIVATE_FILE,
     BackgroundWriteback,
     DirectWriter,
+    discard_tree,
     free_bytes,
     storage_error,
 )
 from .layout import Component
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
 from .snapshot import CheckMode, integrity_of
 
-# Space left free on the staging file system whatever the archive claims (bomb guard).
+# Space left free on the staging file system, whatever is unpacked there.
 RESERVE_BYTES = 64 * 1024 * 1024
 _CHECK_NAMES = {"integrity": "integrity_check", "quick": "quick_check", "none": "none"}
 # How far the stream's thread steps back (nice value) behind the database check: where the
@@ -78,16 +80,28 @@ class Staged:
             raise ArchiveError(f"{member}: {why}{extra}", member=member)
 
 
-def _mkdirs(root: Path, rel: str) -> Path:
-    """Create ``root/rel`` folder by folder, refusing anything that is not a plain folder."""
-    path = root
-    for part in rel.split("/"):
-        path = path / part
+def _mkdirs(folders: dict[str, Path], rel: str) -> Path:
+    """Create ``rel`` folder by folder below the nearest one in ``folders`` (relative path →
+    folder made or found by this call), refusing anything that is not a plain folder.
+
+    Starting from the nearest known folder keeps a deep tree linear: from the top, each of
+    985 nested folders re-made all of its parents (0.5 M mkdir calls on long paths, 100 s).
+    """
+    missing: list[str] = []
+    top = rel
+    while top not in folders:
+        top, _, name = top.rpartition("/")
+        missing.append(name)
+    path = folders[top]
+    for name in reversed(missing):
+        path = path / name
         try:
             os.mkdir(path, PRIVATE_DIR)
         except FileExistsError:
             if path.is_symlink() or not path.is_dir():
                 raise ArchiveError(f"member {rel!r} conflicts with a file", member=rel) from None
+        top = f"{top}/{name}" if top else name
+        folders[top] = path
     return path
 
 
@@ -102,6 +116,8 @@ def stage(
     writeback: bool = False,
     checked_sha256: str = "",
     drop_database: bool = False,
+    purpose: str = "restore",
+    expect_bytes: int = 0,
 ) -> Staged:
     """Unpack ``archive`` into the new folder ``dest`` and check it.
 
@@ -120,17 +136,24 @@ def stage(
 
     ``drop_database``: remove the database file as soon as its check is done, while the rest
     of the archive still streams in (verify keeps nothing it unpacks).
+
+    Space: the bytes written (declared sizes), plus :data:`RESERVE_BYTES` left free, must fit
+    the file system's free space, checked first for ``expect_bytes`` (what the catalog says
+    will be written, see :func:`expected_bytes`) and again before each file is opened. When
+    they do not, or the disk fills meanwhile, StorageError says "not enough free space to
+    ``purpose`` ARCHIVE: N needed, M free", never that the archive is at fault.
     """
     dest.mkdir(mode=PRIVATE_DIR, parents=False)
-    limit = max(0, free_bytes(dest) - RESERVE_BYTES)
+    # Only what is written counts against the space (verify writes only the database): a
+    # disk too full for it is the machine's fault, never the archive's.
+    space = _Space(archive, dest, purpose)
+    space.need(expect_bytes)
     first: list[str] = []
     folders: dict[str, Path] = {"": dest}  # made (or found) under dest by this call
 
     def folder(rel: str) -> Path:
         path = folders.get(rel)
-        if path is None:
-            path = folders[rel] = _mkdirs(dest, rel)
-        return path
+        return path if path is not None else _mkdirs(folders, rel)
 
     def open_sink(entry: Entry) -> IO[bytes] | None:
         is_first = not first
@@ -138,6 +161,7 @@ def stage(
             first.append(entry.path)
         if write is not None and not write(entry, is_first):
             return None
+        space.write(entry.size)
         parent, _, name = entry.path.rpartition("/")
         try:
             fd = os.open(
@@ -208,7 +232,6 @@ def stage(
                 stream = stack.enter_context(open_tar_stream(archive, identities))
                 return scan_archive(
                     cast(IO[bytes], _Interruptible(stream, interrupted)),
-                    limits=Limits(max_bytes=limit),
                     open_sink=open_sink,
                     on_dir=on_dir,
                     on_file_done=on_file_done,
@@ -226,23 +249,96 @@ def stage(
             try:
                 scan = streaming.result()
             except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise space.full() from exc
                 raise storage_error(f"cannot unpack into {dest}", exc) from exc
             except BaseException:  # Ctrl-C while the stream runs: it stops at its next read
                 interrupted.set()
                 _wait_out(streaming)
                 raise
         problems = compare_with_manifest(scan)
+        compression = format_of(archive.name)[0]
+        if scan.manifest.compression != compression:
+            problems.append(
+                (MANIFEST_NAME, f"records {scan.manifest.compression} for a {compression} archive")
+            )
         db_info = scan.manifest.components.get(Component.DATABASE)
         db_integrity: str | None = None
         if db_info is not None and db_info.present:
             started = checks.get(db_info.path)
             if started is not None:
                 db_integrity, how = started[0].result(), started[1]
+            elif db_info.path not in scan.files or problems:
+                pass  # refused already (``problems`` says why): no second pass to make
             elif (dest / db_info.path).is_file():
                 db_integrity = integrity_of(dest / db_info.path, check)
             else:  # not first in the archive: written by another tool's order; check it now
-                db_integrity = _check_member(archive, identities, db_info.path, dest, check)
+                db_integrity = _check_member(
+                    archive, identities, db_info.path, dest, check, purpose
+                )
     return Staged(dest, scan, problems, db_integrity, how if db_integrity is not None else "")
+
+
+class _Space:
+    """The staging file system's free space against the bytes this call writes there."""
+
+    def __init__(self, archive: Path, dest: Path, purpose: str) -> None:
+        self.archive = archive
+        self.dest = dest
+        self.purpose = purpose
+        self.free = free_bytes(dest)
+        self.written = 0  # declared sizes of the files opened so far
+
+    def need(self, more: int) -> None:
+        if self.written + more + RESERVE_BYTES > self.free:
+            raise self.full(more)
+
+    def write(self, size: int) -> None:
+        self.need(size)
+        self.written += size
+
+    def full(self, more: int = 0) -> StorageError:
+        """The error for ``more`` bytes that do not fit (0: the disk filled meanwhile)."""
+        needed = self.written + more + RESERVE_BYTES
+        free = self.free - self.written
+        if not more:  # the file system said so: what it has now
+            with contextlib.suppress(OSError):
+                free = free_bytes(self.dest)
+        return StorageError(
+            f"not enough free space to {self.purpose} {self.archive.name}: "
+            f"{_mb(needed)} needed, {_mb(max(0, free) + self.written)} free",
+            hint=f"the disk is full: free space there ({RESERVE_BYTES >> 20} MiB are always "
+            "kept free), or point the backups folder elsewhere",
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def expected_bytes(archive: Path, *, database_only: bool = False) -> int:
+    """What unpacking ``archive`` writes, as its catalog entry records it (0 if unknown).
+
+    The database's size is its page size times its page count; the uploads' their total.
+    Only a first estimate, for refusing early: staging checks every file's declared size.
+    """
+    from .catalog import Catalog
+
+    data = Catalog(archive.parent).read_index(archive.name) or {}
+    summary = data.get("summary")
+    if not isinstance(summary, dict):
+        return 0
+    total = 0
+    db = summary.get("database")
+    if isinstance(db, dict) and db.get("present"):
+        page_size, page_count = db.get("page_size"), db.get("page_count")
+        if isinstance(page_size, int) and isinstance(page_count, int):
+            total += max(0, page_size * page_count)
+    uploads = summary.get("uploads")
+    if not database_only and isinstance(uploads, dict) and uploads.get("present"):
+        size = uploads.get("total_bytes")
+        total += max(0, size) if isinstance(size, int) else 0
+    return total
 
 
 def _step_back() -> None:
@@ -282,9 +378,15 @@ def _wait_out(future: concurrent.futures.Future[Any]) -> None:
 
 
 def _check_member(
-    archive: Path, identities: Sequence[Any] | None, member: str, dest: Path, check: CheckMode
+    archive: Path,
+    identities: Sequence[Any] | None,
+    member: str,
+    dest: Path,
+    check: CheckMode,
+    purpose: str,
 ) -> str:
-    """Second pass for an archive whose database is not its first member."""
+    """Second pass for an archive whose database is not its first member (it is written
+    there, so this pass never needs another)."""
     scratch = dest / ".db-check"
     stage(
         archive,
@@ -292,11 +394,12 @@ def _check_member(
         identities=identities,
         check="none",
         write=lambda e, _first: e.path == member,
+        purpose=purpose,
     )
     try:
         return integrity_of(scratch / member, check)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        discard_tree(scratch)
 
 
 def apply_metadata(staged: Staged, paths: Sequence[str], private: Sequence[str] = ()) -> None:

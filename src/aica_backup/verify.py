@@ -10,18 +10,18 @@ rest of the archive is still being read.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import AicaBackupError
-from .fsutil import TMP_PREFIX, ensure_private_dir
+from .errors import AicaBackupError, ArchiveError
+from .fsutil import TMP_PREFIX, discard_tree, ensure_private_dir
 from .layout import Component
+from .manifest import check_app_name
 from .snapshot import CheckMode
-from .staging import stage
+from .staging import expected_bytes, stage
 
 
 def verify_archive(
@@ -30,20 +30,25 @@ def verify_archive(
     *,
     identities: Sequence[Any] | None = None,
     check: CheckMode = "integrity",
+    app_name: str | None = None,
 ) -> dict[str, Any]:
     """Check one archive fully; return a JSON-able report (``ok`` plus ``problems``).
 
     Damage is reported, not raised; only errors outside the archive (a missing key, an
-    unreadable file, a full scratch disk) raise.
+    unreadable file, a full scratch disk, Ctrl-C) raise, and then there is no report: a
+    verification that did not finish says nothing about the archive. Every report returned
+    is ``finished``. ``app_name``: the app it should have been made for; another app's
+    archive is sound (``ok``), but restore would refuse it here: a warning says so.
     """
     started = time.perf_counter()
     ensure_private_dir(scratch_parent)
     scratch = scratch_parent / f"{TMP_PREFIX}verify-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
+    discard_tree(scratch)
     report: dict[str, Any] = {
         "archive": archive.name,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "how": f"sha256 of every member + {'integrity_check' if check == 'integrity' else check}",
+        "finished": True,
     }
     try:
         staged = stage(
@@ -53,6 +58,8 @@ def verify_archive(
             check=check,
             write=lambda _entry, is_first: is_first,
             drop_database=True,
+            purpose="check",
+            expect_bytes=expected_bytes(archive, database_only=True),
         )
     except AicaBackupError as exc:
         if exc.exit_code.name != "ARCHIVE":
@@ -69,6 +76,11 @@ def verify_archive(
         if not problems and db_info is not None and staged.db_check == "integrity_check":
             # what restore needs to skip repeating this full check on the very same bytes
             report["database_sha256"] = staged.scan.files[db_info.path][0]
+        if app_name is not None:
+            try:
+                check_app_name(staged.manifest, app_name)
+            except ArchiveError as exc:
+                report["warnings"] = [str(exc)]
         report.update(
             ok=not problems,
             problems=problems,
@@ -79,6 +91,6 @@ def verify_archive(
             skipped=len(staged.manifest.skipped),  # intact, but incomplete since its backup
         )
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        discard_tree(scratch)
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report

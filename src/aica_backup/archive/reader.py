@@ -20,11 +20,19 @@ from typing import IO, Any, cast
 from isal import isal_zlib
 
 from ..errors import AicaBackupError, ArchiveError
-from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest, safe_member_path
+from ..manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    member_path_problem,
+    parse_manifest,
+    safe_member_path,
+)
 
 BUFFER = 1 << 20
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is an attack
+MAX_PADDING = 1 << 20  # zeros after the end marker (tar -b 2048 pads to 1 MiB records)
 MAX_HEADER_CHAIN = 16  # header blocks before one member (pax + GNU long name/link: at most 3)
 _HEADER_TYPES = (
     tarfile.XHDTYPE,
@@ -121,6 +129,9 @@ def _entry(info: tarfile.TarInfo) -> Entry:
     path = safe_member_path(info.name)
     if path is None:
         raise ArchiveError(f"unsafe member name {info.name!r}", member=info.name)
+    problem = member_path_problem(path)
+    if problem is not None:
+        raise ArchiveError(f"member {path!r} cannot be restored: {problem}", member=path)
     if info.size < 0:  # a pax "size" record is applied after the header checks
         raise ArchiveError(f"negative size for member {path!r}", member=path)
     if info.sparse is not None or info.type not in (
@@ -162,6 +173,7 @@ def scan_archive(
     on_bytes = progress or (lambda _n: None)
     files: dict[str, tuple[str, int]] = {}
     dirs: set[str] = set()
+    parents: set[str] = set()  # every folder some member lies in
     manifest_bytes: bytes | None = None
     total = 0
     count = 0
@@ -182,6 +194,7 @@ def scan_archive(
             entry = _entry(info)
             if entry.path in files or entry.path in dirs:
                 raise ArchiveError(f"member {entry.path!r} appears twice", member=entry.path)
+            _no_file_above(entry, files, parents)
             if entry.type == "dir":
                 dirs.add(entry.path)
                 if on_dir is not None:
@@ -227,6 +240,21 @@ def scan_archive(
     if manifest_bytes is None:
         raise ArchiveError("archive has no manifest.json (not made by aica-backup, or truncated)")
     return ScanResult(parse_manifest(manifest_bytes), files, dirs, total)
+
+
+def _no_file_above(entry: Entry, files: dict[str, Any], parents: set[str]) -> None:
+    """Refuse a member under a file (``a`` then ``a/b``), or a file where members were under
+    it (``a/b`` then ``a``): no restore can create both, and ``tar -x`` keeps only one."""
+    if entry.type == "file" and entry.path in parents:
+        raise ArchiveError(f"file {entry.path!r} has members under it", member=entry.path)
+    parent = entry.path.rpartition("/")[0]
+    while parent and parent not in parents:
+        if parent in files:
+            raise ArchiveError(
+                f"member {entry.path!r} lies under the file {parent!r}", member=entry.path
+            )
+        parents.add(parent)
+        parent = parent.rpartition("/")[0]
 
 
 class _Feed:
@@ -300,11 +328,19 @@ class _Feed:
 
 def _drain(feed: _Feed) -> None:
     """Read past the tar end marker to EOF: only zero padding may follow, and the
-    decompressor checks its CRC/length trailer as it reaches the end."""
+    decompressor checks its CRC/length trailer as it reaches the end. Padding to a tar record
+    is at most a few KiB (tar's blocking factor): more than :data:`MAX_PADDING` is refused,
+    not read on (20 GiB of zeros took 15 s)."""
     rest = feed.buf[feed.off :]
+    seen = 0
     while rest:
         if rest.count(0) != len(rest):
             raise ArchiveError("unexpected data after the end of the tar archive")
+        seen += len(rest)
+        if seen > MAX_PADDING:
+            raise ArchiveError(
+                f"more than {MAX_PADDING >> 20} MiB of padding after the end of the tar archive"
+            )
         rest = feed.inner.read(BUFFER)
 
 

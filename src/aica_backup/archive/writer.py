@@ -31,7 +31,7 @@ from typing import IO
 from zlib import adler32
 
 from ..layout import Component
-from ..manifest import Member
+from ..manifest import Member, member_path_problem
 
 BUFFER = 1 << 20  # the compressor's block size: full blocks pass through its buffer untouched
 Progress = Callable[[int], None]
@@ -242,7 +242,16 @@ class ArchiveWriter:
 
     # -- members ---------------------------------------------------------------------------
 
+    def _unrestorable(self, arcname: str) -> bool:
+        """True (with a warning) for a path no restore could create: never archived."""
+        problem = member_path_problem(arcname)
+        if problem is not None:
+            self.warnings.append(f"{arcname}: {problem}, not archived")
+        return problem is not None
+
     def add_dir(self, arcname: str, st: os.stat_result, component: Component) -> None:
+        if self._unrestorable(arcname):
+            return
         mode = stat.S_IMODE(st.st_mode)
         self._put(
             self._header(arcname, tarfile.DIRTYPE, mode, st.st_uid, st.st_gid, 0, int(st.st_mtime))
@@ -260,6 +269,8 @@ class ArchiveWriter:
 
         ``mode`` overrides the file's own permission bits (the snapshot takes the live file's).
         """
+        if self._unrestorable(arcname):
+            return False
         try:
             fd = self._open(path)
         except FileNotFoundError:

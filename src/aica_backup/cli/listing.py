@@ -43,7 +43,8 @@ def verified(e: ArchiveEntry) -> str:
     v = e.verification
     if not v:
         return "never"
-    state = "ok" if v.get("ok") else "FAILED"
+    # a failure recorded without "finished" (older releases) may have been a full disk
+    state = "ok" if v.get("ok") else "FAILED" if v.get("finished") else "unsure, verify again"
     return f"{state} ({v.get('how', 'full')}, {v.get('at', '?')[:16].replace('T', ' ')})"
 
 

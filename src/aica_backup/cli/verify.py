@@ -9,11 +9,20 @@ import typer
 
 from ..catalog import Catalog
 from ..config import Settings
-from ..errors import ExitCode, UsageError
+from ..errors import AicaBackupError, ExitCode, UsageError
 from ..verify import verify_archive
 from . import reporting
 from .archives import identities_for, resolve_archive
-from .common import JSON_OPTION, emit_json, human_size, out, progress_bar, settings, warn
+from .common import (
+    JSON_OPTION,
+    emit_json,
+    err,
+    human_size,
+    out,
+    progress_bar,
+    settings,
+    warn,
+)
 
 
 def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> dict[str, Any]:
@@ -25,8 +34,9 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
         s.layout().meta_dir,
         identities=identities_for(s, path, identity),
         check=s.restore.check,
+        app_name=s.layout().app_name,
     )
-    keys = ("ok", "at", "how", "problems", "database_sha256")
+    keys = ("ok", "finished", "at", "how", "problems", "database_sha256")
     catalog.record_verification(name, {k: report[k] for k in keys if k in report})
     return report
 
@@ -70,17 +80,30 @@ def command(
                     s.layout().meta_dir,
                     identities=identities_for(s, outside, identity),
                     check=s.restore.check,
+                    app_name=s.layout().app_name,
                 )
             )
         for name in names:
-            reports.append(verify_and_record(s, name, identity))
-    failed = [r for r in reports if not r["ok"]]
+            try:
+                reports.append(verify_and_record(s, name, identity))
+            except AicaBackupError as exc:
+                if len(names) == 1:
+                    raise
+                # The machine's fault (a full disk, a missing key), not the archive's: said
+                # for this archive, recorded nowhere, and the others are still checked.
+                reports.append(
+                    {"archive": name, "ok": False, "error": str(exc), "code": int(exc.exit_code)}
+                )
+    failed = [r for r in reports if not r["ok"] and "error" not in r]
+    errors = [r for r in reports if "error" in r]
     incomplete = [r for r in reports if r["ok"] and r.get("skipped")]
     if json_out:
-        emit_json({"ok": not failed, "archives": reports})
+        emit_json({"ok": not failed and not errors, "archives": reports})
     else:
         for r in reports:
-            if r["ok"]:
+            if "error" in r:
+                err.print(f"ERROR   {r['archive']}  {r['error']}", markup=False)
+            elif r["ok"]:
                 gaps = (
                     f", INCOMPLETE: {r['skipped']} file(s) skipped at backup (unreadable)"
                     if r.get("skipped")
@@ -96,16 +119,25 @@ def command(
                 out.print(f"FAILED  {r['archive']}  {r['problems'][0]}", markup=False)
                 for p in r["problems"][1:5]:
                     out.print(f"        {p}", markup=False)
+            for w in r.get("warnings", []):
+                warn(f"{r['archive']}: {w}")
     for r in incomplete:
         warn(f"{r['archive']} is incomplete: {r['skipped']} file(s) skipped at backup")
     facts = {
         "archives": len(reports),
         "failed": [r["archive"] for r in failed],
+        "errors": [r["archive"] for r in errors],
         "incomplete": [r["archive"] for r in incomplete],
     }
-    code = ExitCode.ARCHIVE if failed else ExitCode.WARNING if incomplete else ExitCode.OK
+    warned = bool(incomplete) or any(r.get("warnings") for r in reports)
+    if failed:
+        code = ExitCode.ARCHIVE
+    elif errors:
+        code = ExitCode(errors[0]["code"])
+    else:
+        code = ExitCode.WARNING if warned else ExitCode.OK
     for w in reporting.finished(
-        s, "verify", ok=not failed, warning=bool(incomplete), facts=facts, notify=False
+        s, "verify", ok=not failed and not errors, warning=warned, facts=facts, notify=False
     ):
         warn(w)
     return int(code)
