@@ -289,6 +289,8 @@ def check_ownership(layout: Layout) -> list[Finding]:
             f"sudo chown -R {owner.st_uid}:{owner.st_gid} {top} && sudo chmod -R u+rwX {top}",
         )
     ]
+
+
 def check_leftovers(layout: Layout) -> list[Finding]:
     """What interrupted restores left that the start-up cleanup could not remove."""
     findings: list[Finding] = []
@@ -313,6 +315,9 @@ def check_leftovers(layout: Layout) -> list[Finding]:
                 f"check its owner and permissions, then: rm -rf {shlex.quote(str(item.path))}",
             )
         )
+    return findings
+
+
 def check_offsite_plaintext(targets: Sequence[Target], replace_command: str) -> list[Finding]:
     """Unencrypted copies on the targets, for when encryption recipients are set (the caller
     only asks then): each target holding any is an error, fixed by ``replace_command TARGET``.
