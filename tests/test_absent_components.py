@@ -48,7 +48,7 @@ def test_a_full_restore_keeps_a_config_the_archive_recorded_absent(app: App) -> 
     assert app.env.read_bytes() == secret
     screen = " ".join(proc.stderr.split())  # the table wraps on a narrow terminal
     assert "absent: the live one is kept (--only config deletes it)" in screen
-    assert "--only config removes it" in proc.stdout
+    assert "--only config deletes it" in proc.stdout
 
 
 def test_only_config_removes_a_config_the_archive_recorded_absent(app: App) -> None:

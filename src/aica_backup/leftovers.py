@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .errors import AicaBackupError, LockedError
-from .fsutil import PRIVATE_DIR, TMP_PREFIX, discard_tree, fsync_dir
+from .fsutil import PRIVATE_DIR, TMP_PREFIX, discard_tree, fsync_dir, remove_dead_temp_files
 from .journal import JOURNAL_NAME, Journal
 from .layout import Layout
 from .lock import exclusive_lock
@@ -209,8 +209,12 @@ def release_empty_wal(db: Path) -> bool:
     return not wal.exists() and not shm.exists()
 
 
+def _backup_folders(layout: Layout) -> tuple[Path, ...]:
+    return (layout.backups_dir, layout.meta_dir, Catalog(layout.backups_dir).index_dir)
+
+
 def _backup_temp_files(layout: Layout) -> bool:
-    for folder in (layout.backups_dir, layout.meta_dir, layout.meta_dir / "catalog"):
+    for folder in _backup_folders(layout):
         with contextlib.suppress(OSError):
             if any(p.name.startswith(TMP_PREFIX) and p.is_file() for p in folder.iterdir()):
                 return True
@@ -232,6 +236,8 @@ def clean(layout: Layout) -> Cleaned:
     """
     removed_items, kept = remove_dead(layout.restore_dir)
     removed = [str(i.path) for i in removed_items]
+    for folder in _backup_folders(layout):  # e.g. the encrypted copy of a killed push
+        removed += [str(folder / name) for name in remove_dead_temp_files(folder)]
     if _backup_temp_files(layout):
         try:
             with exclusive_lock(layout.meta_dir, "cleanup"):

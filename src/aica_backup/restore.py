@@ -205,13 +205,14 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
             continue
         if info is None or not info.present:
             if comp is Component.DATABASE:
-                changes.append(Change(comp, "keep", current, "absent (live database kept)"))
+                changes.append(Change(comp, "keep", current, "absent: the live one is kept"))
             elif removes_absent(comp, only):
                 action = "remove" if live.exists() else "keep"
                 details, gone = _deleted(layout, comp, current_tree) if live.exists() else ({}, [])
-                changes.append(Change(comp, action, current, "absent", details, gone))
+                then = "absent: the live one is DELETED" if live.exists() else "absent"
+                changes.append(Change(comp, action, current, then, details, gone))
             else:
-                why = f"absent (live one kept; --only {comp} removes it)"
+                why = f"absent: the live one is kept (--only {comp} deletes it)"
                 changes.append(Change(comp, "keep", current, why))
             continue
         if comp is Component.UPLOADS:

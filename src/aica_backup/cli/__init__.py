@@ -121,14 +121,10 @@ def _root(
 ) -> None:
     """Backup and recovery for the AICA-SyS app: database, uploads and config."""
     ctx.obj = Globals(root=root.absolute(), config_file=config_file)
-    if ctx.invoked_subcommand not in (None, "recover", "demo", "keygen", "schedule"):
-        from .recover import finish_interrupted_restore
-
-        finish_interrupted_restore(ctx)
     if ctx.invoked_subcommand not in (None, "demo", "keygen", "schedule"):
-        from .common import remove_dead_leftovers
+        from .recover import finish_interrupted_runs
 
-        remove_dead_leftovers(ctx)
+        finish_interrupted_runs(ctx, recover_journal=ctx.invoked_subcommand != "recover")
 
 
 def main(argv: list[str] | None = None) -> None:

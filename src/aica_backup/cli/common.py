@@ -18,8 +18,6 @@ import typer
 from rich.console import Console
 
 from ..config import Settings, load_settings
-from ..errors import AicaBackupError
-from ..fsutil import remove_dead_temp_files
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -33,6 +31,7 @@ class Globals:
 
     root: Path
     config_file: Path | None
+    notes_shown: bool = False  # the settings' notes (a stray variable…) are said once a run
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -47,24 +46,12 @@ def settings(
 ) -> Settings:
     g = globals_of(ctx)
     s = load_settings(g.root, config_file=g.config_file, overrides=overrides)
-    for note in s.notes:
-        warn(note)
+    if not g.notes_shown:
+        g.notes_shown = True
+        for note in s.notes:
+            warn(note)
     s.check_app_root()  # before anything is created under a root that may be wrong
     return s
-
-
-def remove_dead_leftovers(ctx: typer.Context) -> None:
-    """Every command's start: remove the temp files of processes that died (kill -9, power
-    loss) — e.g. a full-size encrypted copy left by an interrupted offsite push. Files of a
-    live concurrent run are never touched (:func:`~aica_backup.fsutil.remove_dead_temp_files`)."""
-    from ..catalog import Catalog
-
-    try:
-        layout = settings(ctx).layout()
-    except AicaBackupError:
-        return  # the command itself reports the configuration problem
-    for folder in (layout.backups_dir, layout.meta_dir, Catalog(layout.backups_dir).index_dir):
-        remove_dead_temp_files(folder)
 
 
 def emit_json(data: Any) -> None:

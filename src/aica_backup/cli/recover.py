@@ -42,37 +42,31 @@ def _recover(ctx: typer.Context) -> dict[str, object] | None:
     return report
 
 
-def finish_interrupted_restore(ctx: typer.Context) -> None:
+def finish_interrupted_runs(ctx: typer.Context, *, recover_journal: bool = True) -> None:
     """Called before every command: recover first if a restore journal is lying around,
-    then remove what killed restores left (staging, temp files, an empty -wal/-shm)."""
+    then remove what killed runs left (restore staging, temp files of dead processes — an
+    encrypted copy of an interrupted push among them —, an empty -wal/-shm)."""
+    from ..leftovers import clean  # here: every command passes through this module
+
     restore_dir = globals_of(ctx).root / RESTORE_DIRNAME
-    if not restore_dir.exists():  # the one cost for every command while nothing was left
-        return
-    if find_journal(restore_dir) is not None:
+    if recover_journal and restore_dir.exists() and find_journal(restore_dir) is not None:
         report = _recover(ctx)
         if report is not None:
             warn(
                 f"an interrupted restore of {report['archive']} was found and {report['outcome']}"
             )
-    _clean_leftovers(ctx)
-
-
-def _clean_leftovers(ctx: typer.Context) -> None:
-    from ..leftovers import clean  # here: every command passes through this module
-
     try:
         cleaned = clean(settings(ctx).layout())
     except AicaBackupError:
-        return  # a bad configuration: the command itself says so
+        return  # a bad configuration or app root: the command itself says so
     if cleaned.removed:
         names = ", ".join(Path(p).name for p in cleaned.removed)
-        warn(f"removed what an interrupted restore left: {names}")
+        warn(f"removed what an interrupted run left: {names}")
 
 
 def command(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Finish or roll back an interrupted restore (every command also does this first)."""
-    report = _recover(ctx)
-    _clean_leftovers(ctx)
+    report = _recover(ctx)  # the leftovers of dead runs are gone already (the start-up)
     if json_out:
         emit_json(report or {"outcome": "nothing to recover"})
         return
