@@ -8,10 +8,14 @@ unless the operator names that component with ``--only``, and the confirm screen
 from __future__ import annotations
 
 import json
+import os
 
 from aica_backup.errors import ExitCode
 from tests.support.app import App
 from tests.test_notify import Receiver, configure, receiver  # noqa: F401 - the fixture
+
+# The confirm screen's table wraps its cells to the terminal: a wide one keeps each phrase whole.
+WIDE = {**os.environ, "COLUMNS": "240"}
 
 
 def test_a_component_gone_since_the_last_backup_is_a_notified_warning(
@@ -44,7 +48,7 @@ def test_a_full_restore_keeps_a_config_the_archive_recorded_absent(app: App) -> 
     [archive] = app.archives()
     app.env.write_bytes(secret)
     app.env.chmod(0o600)
-    proc = app.run("restore", archive.name, "--yes")
+    proc = app.run("restore", archive.name, "--yes", env=WIDE)
     assert app.env.read_bytes() == secret
     screen = " ".join(proc.stderr.split())  # the table wraps on a narrow terminal
     assert "absent: the live one is kept (--only config deletes it)" in screen
@@ -59,7 +63,7 @@ def test_only_config_removes_a_config_the_archive_recorded_absent(app: App) -> N
     app.run("backup")
     [archive] = app.archives()
     app.env.write_bytes(secret)
-    proc = app.run("restore", archive.name, "--only", "config", "--yes")
+    proc = app.run("restore", archive.name, "--only", "config", "--yes", env=WIDE)
     assert not app.env.exists()
     assert "absent: the live one is DELETED" in " ".join(proc.stderr.split())
     assert [p.name for p in app.archives("pre-restore_*")]  # the undo holds the file

@@ -25,6 +25,9 @@ from aica_backup.verify import verify_archive
 from tests.support.app import App, make_app
 from tests.support.fs import listing, tmpfs
 
+# The run log is written by every command, failed ones too (a restore refused is logged).
+RUN_LOG = Path(".aica-backup/aica-backup.log")
+
 ORDER = ["backend/aica_sys.db", "public", ".env.production", "manifest.json"]
 
 
@@ -167,12 +170,12 @@ def test_a_nearly_full_disk_is_a_storage_fault_and_retention_keeps_the_good_back
         assert "Traceback" not in proc.stderr
         assert {n: (index / f"{n}.json").read_bytes() for n in good} == records  # nothing recorded
 
-        before = listing(app.root)
+        before = listing(app.root, skip=app.backups / RUN_LOG)
         proc = app.run("restore", "--yes", check=False)
         assert proc.returncode == 7, proc.stdout + proc.stderr
         assert "not enough free space to restore " in proc.stderr
         assert "hostile" not in proc.stderr and "bomb" not in proc.stderr
-        assert listing(app.root) == before
+        assert listing(app.root, skip=app.backups / RUN_LOG) == before
 
         app.run("backup")
         kept = [p.name for p in app.archives()]
@@ -254,11 +257,11 @@ def refused_alike(app: App, archive: Path, why: str) -> None:
     code, report = verify(app, archive)
     problems = report["archives"][0]["problems"]  # type: ignore[index]
     assert code == 6 and why in problems[0], problems
-    before = listing(app.root)
+    before = listing(app.root, skip=app.backups / RUN_LOG)
     proc = app.run("restore", str(archive), "--yes", check=False)
     assert proc.returncode == 6, proc.stderr
     assert why in proc.stderr and "Traceback" not in proc.stderr
-    assert listing(app.root) == before
+    assert listing(app.root, skip=app.backups / RUN_LOG) == before
 
 
 def _present(component: str, value: bool) -> Callable[[dict[str, Any]], None]:

@@ -230,14 +230,19 @@ class Cleaned:
 
 
 def clean(layout: Layout) -> Cleaned:
-    """Remove what interrupted restores left in ``layout``: staging and temp files of dead
-    processes, the safety backup's temp files (under the lock, when no one holds it) and an
-    empty ``-wal``/``-shm`` beside the live database. Call after any journal is recovered.
+    """Remove what interrupted runs left in ``layout``: temp files of dead processes in the
+    backups folder (an interrupted offsite copy's), and, where a restore was interrupted
+    (``.aica-restore/`` exists), its staging and temp files, the safety backup's temp files
+    (under the lock, when no one holds it) and an empty ``-wal``/``-shm`` beside the live
+    database. Call after any journal is recovered.
     """
-    removed_items, kept = remove_dead(layout.restore_dir)
-    removed = [str(i.path) for i in removed_items]
+    removed: list[str] = []
     for folder in _backup_folders(layout):  # e.g. the encrypted copy of a killed push
         removed += [str(folder / name) for name in remove_dead_temp_files(folder)]
+    if not layout.restore_dir.exists():  # the one cost while no restore was interrupted
+        return Cleaned(removed, [])
+    removed_items, kept = remove_dead(layout.restore_dir)
+    removed += [str(i.path) for i in removed_items]
     if _backup_temp_files(layout):
         try:
             with exclusive_lock(layout.meta_dir, "cleanup"):

@@ -61,7 +61,7 @@ def finish_interrupted_runs(ctx: typer.Context, *, recover_journal: bool = True)
         return  # a bad configuration or app root: the command itself says so
     if cleaned.removed:
         names = ", ".join(Path(p).name for p in cleaned.removed)
-        warn(f"removed what an interrupted run left: {names}")
+        warn(f"removed what an interrupted restore or offsite copy left: {names}")
 
 
 def command(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
