@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
+from . import __version__, interrupt
 from .archive import ArchiveWriter
 from .catalog import Catalog, new_name
 from .codec import HashingWriter, archive_suffix, compressing_writer
@@ -276,8 +276,11 @@ def create_archive(
                 writer.close()
             timings["archive"] = time.perf_counter() - t0
         final = backups / name
-        os.rename(tmp, final)  # unique name chosen under the lock: nothing is overwritten
-        fsync_dir(backups)
+        # Ctrl-C waits until the archive is in place and indexed: all or nothing, and named
+        with interrupt.deferred(f"the new archive {name} was kept"):
+            os.rename(tmp, final)  # unique name chosen under the lock: nothing is overwritten
+            fsync_dir(backups)
+            size, sha = _index(catalog, final, hasher, manifest, kind)
     except AicaBackupError:
         tmp.unlink(missing_ok=True)
         raise
@@ -289,13 +292,22 @@ def create_archive(
         raise
     finally:
         snap.unlink(missing_ok=True)
+    return BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
+
+
+def _index(
+    catalog: Catalog, final: Path, hasher: HashingWriter, manifest: Manifest, kind: str
+) -> tuple[int, str]:
+    """Record a published archive in the index; (size, SHA-256)."""
     size = final.stat().st_size
     sha = hasher.sha.hexdigest()
     if hasher.size != size:  # the file must hold exactly what we hashed
         final.unlink()
-        raise StorageError(f"archive {name} is {size} bytes on disk, {hasher.size} were written")
-    catalog.record_new(name, size, sha, manifest.summary(), origin=kind)
-    return BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
+        raise StorageError(
+            f"archive {final.name} is {size} bytes on disk, {hasher.size} were written"
+        )
+    catalog.record_new(final.name, size, sha, manifest.summary(), origin=kind)
+    return size, sha
 
 
 def _idle_priority() -> None:
