@@ -30,6 +30,11 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def exit_code() -> int:
+    """The exit code of a process stopped by a signal: 143 for SIGTERM, else 130 (Ctrl-C)."""
+    return 143 if received() == signal.SIGTERM else 130
+
+
 def check() -> None:
     """Raise ``KeyboardInterrupt`` (in a worker thread) once the process is stopping."""
     if STOP.is_set():
@@ -39,6 +44,14 @@ def check() -> None:
 _deferring: list[str] = []  # the notes of the deferred() blocks the main thread is in
 _pending: list[int] = []  # a signal that arrived in such a block
 _kept: list[str] = []
+_settled = False  # the command is over: the process only exits now
+
+
+def settle() -> None:
+    """The command has finished: a signal from now on changes nothing (the process is
+    exiting with the command's own code; an exception raised now would only garble that)."""
+    global _settled
+    _settled = True
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
@@ -49,7 +62,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     first = not _received
     _received.append(signum)
     STOP.set()
-    if not first:
+    if not first or _settled:
         return
     if _deferring:
         _pending.append(signum)
@@ -86,8 +99,9 @@ def handling_signals() -> Iterator[None]:
     stays ignored: the operator chose that. Only the main thread can install handlers;
     elsewhere this does nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    installed = _handler in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    if installed or threading.current_thread() is not threading.main_thread():
+        yield  # an outer block handles them (the script's entry point), or none can
         return
     STOP.clear()
     _received.clear()

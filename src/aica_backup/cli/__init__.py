@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import signal
 import sys
 from difflib import get_close_matches
 from pathlib import Path
@@ -198,10 +197,9 @@ def _interrupted(exc: BaseException) -> int:
     for Ctrl-C, 143 for SIGTERM."""
     kept = "; ".join(interrupt.kept())
     err.print(f"aica-backup: interrupted: {kept or 'nothing changed'}", markup=False)
-    signum = interrupt.received()
-    if signum == signal.SIGTERM or (signum is None and isinstance(exc, interrupt.Terminated)):
+    if interrupt.received() is None and isinstance(exc, interrupt.Terminated):
         return ExitCode.TERMINATED
-    return ExitCode.INTERRUPTED
+    return interrupt.exit_code()
 
 
 def _report(exc: AicaBackupError, json_mode: bool) -> None:
