@@ -19,6 +19,7 @@ import pty
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 import filelock
 import pytest
 
+from aica_backup import interrupt
+from aica_backup.snapshot import check_file
 from tests.support.app import App, make_app
 from tests.test_restore import fingerprint
 
@@ -186,6 +189,13 @@ def assert_clean(app: App, *also: Path) -> None:
     lock.release()
 
 
+def _rclone_children() -> list[int]:
+    """rclone processes started by a command of this test (this process's descendants)."""
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True) if p.name() == "rclone"]
+
+
 @pytest.fixture(scope="module")
 def big_app(tmp_path_factory: pytest.TempPathFactory) -> App:
     """An app whose backup takes about a second: ~260 MB of uploads that compress a little,
@@ -274,23 +284,54 @@ def test_restore_stops_within_2_s_leaving_old_or_new_state(big_app: App, how: st
         assert_clean(app)
 
 
+@pytest.mark.parametrize("kind", ["folder", "rclone"])
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_offsite_push_stops_within_2_s_and_leaves_no_temp_file(
-    big_app: App, tmp_path: Path, how: str
+    big_app: App, tmp_path: Path, how: str, kind: str, request: pytest.FixtureRequest
 ) -> None:
     app = big_app
     if not app.archives("backup_*"):
         app.run("backup", "--no-offsite")
     target = tmp_path / "nas"
     target.mkdir()
-    push = ("offsite", "push", str(target))
+    location = str(target)
+    if kind == "rclone":  # the real rclone binary, its local remote: SIGTERM reaches only us
+        request.getfixturevalue("rclone_env")
+        location = f"rclone:local:{target}"
+    push = ("offsite", "push", location)
     for at in kill_points(app, how, *push):
         shutil.rmtree(target)
         target.mkdir()  # every run has every copy to make
         outcome = run(app, how, *push, signal_at=at)
         check_stopped(outcome, how)
         assert_clean(app, target)
+        assert not [p for p in target.iterdir() if p.name.endswith(".partial")], outcome
+        assert not _rclone_children(), "rclone still running after the command exited"
     app.run(*push)  # the lock is free, and what was left half done is completed
-    [listing] = json.loads(app.run("offsite", "list", str(target), "--json").stdout)
+    assert not [p for p in target.iterdir() if p.name.endswith(".partial")]  # rclone's temp
+    [listing] = json.loads(app.run("offsite", "list", location, "--json").stdout)
     assert listing["copies"] and not listing["missing"], listing
     assert all(c["complete"] for c in listing["copies"]), listing
+
+
+@pytest.mark.parametrize("mode", ["integrity", "quick"])
+def test_a_database_check_ends_at_once_when_the_command_stops(tmp_path: Path, mode: str) -> None:
+    """A check runs for seconds on a large database, in a worker thread the interrupted
+    command would wait for (13.7 s for 288 MB here): once the command is stopping, SQLite
+    ends it at its next progress call, and it gives no verdict on the database."""
+    db = tmp_path / "big.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT)")
+    conn.execute("CREATE INDEX t_a ON t(a)")
+    conn.executemany("INSERT INTO t(a) VALUES (?)", ((f"{i:x}" * 4,) for i in range(200_000)))
+    conn.commit()
+    conn.close()
+    assert check_file(db, mode)[0] == "ok"
+    interrupt.STOP.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            check_file(db, mode)
+        assert time.monotonic() - started < 0.5
+    finally:
+        interrupt.STOP.clear()

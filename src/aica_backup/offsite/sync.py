@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+from .. import interrupt
 from ..codec import ENCRYPTED_SUFFIX, HashingWriter
 from ..errors import AicaBackupError, ArchiveError, StorageError
 from ..fsutil import TMP_PREFIX, storage_error
@@ -164,6 +165,7 @@ def _guarded(report: TargetReport, op: Callable[[], Any]) -> Any:
     """Run one operation for a target: time it, and turn a failure into the report's error."""
     started = time.monotonic()
     try:
+        interrupt.check()  # nothing new starts once the command is stopping
         return op()
     except AicaBackupError as exc:
         report.fail(exc)
