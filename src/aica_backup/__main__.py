@@ -6,6 +6,7 @@ is most of a command's start-up, and a signal during it printed Python's traceba
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import interrupt
@@ -14,16 +15,27 @@ from . import interrupt
 def main() -> None:
     """Entry point; never returns. The handlers stay for the process's life: a signal while
     it exits, after the command is done, changes nothing."""
-    interrupt.handling_signals().__enter__()
+    interrupt.install()
+    code: int | str | None
     try:
         from .cli import main as run
 
         run()
     except KeyboardInterrupt:  # before the command line could report it itself
         sys.stderr.write("aica-backup: interrupted: nothing changed\n")
-        sys.exit(interrupt.exit_code())
+        code = interrupt.exit_code()
+    except SystemExit as exc:
+        code = exc.code
     finally:
         interrupt.settle()
+    if interrupt.received() is None or not isinstance(code, int):
+        sys.exit(code)
+    # Stopped, and cleaned up: exit with the code now. CPython makes a process whose Ctrl-C
+    # interrupted an exec() of a string (dataclasses make their methods so, while the tool is
+    # imported) kill itself by SIGINT as it exits (-2, not 130), however it was handled.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 STOP = threading.Event()
 _received: list[int] = []
@@ -91,31 +92,38 @@ def deferred(note: str) -> Iterator[None]:
         raise _exception(_pending.pop())
 
 
-@contextlib.contextmanager
-def handling_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into the unwinding described above, for the ``with`` block.
+def install() -> dict[int, Any]:
+    """Turn SIGINT and SIGTERM into the unwinding described above; return the handlers they
+    had (empty if they are handled so already, or if this is not the main thread, where
+    handlers cannot be set).
 
     A signal the process was started with ignored (``nohup``, a background job of a script)
-    stays ignored: the operator chose that. Only the main thread can install handlers;
-    elsewhere this does nothing.
+    stays ignored: the operator chose that.
     """
     installed = _handler in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     if installed or threading.current_thread() is not threading.main_thread():
-        yield  # an outer block handles them (the script's entry point), or none can
-        return
+        return {}
     STOP.clear()
     _received.clear()
     _pending.clear()
     _kept.clear()
-    previous: dict[int, object] = {}
+    previous: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         current = signal.getsignal(signum)
         if current == signal.SIG_IGN:
             continue
         previous[signum] = current
         signal.signal(signum, _handler)
+    return previous
+
+
+@contextlib.contextmanager
+def handling_signals() -> Iterator[None]:
+    """:func:`install` for the ``with`` block (the command line called in-process, by tests);
+    the previous handlers come back after it."""
+    previous = install()
     try:
         yield
     finally:
-        for restored, old in previous.items():
-            signal.signal(restored, old)  # type: ignore[arg-type]
+        for signum, old in previous.items():
+            signal.signal(signum, old)
