@@ -33,6 +33,7 @@ import pytest
 from aica_backup import interrupt
 from aica_backup.snapshot import check_file
 from tests.support.app import App, make_app
+from tests.support.s3 import SeaweedServer
 from tests.test_restore import fingerprint
 
 pytestmark = [pytest.mark.slow]
@@ -304,7 +305,7 @@ def test_restore_stops_within_2_s_leaving_old_or_new_state(big_app: App, how: st
         assert_clean(app)
 
 
-@pytest.mark.parametrize("kind", ["folder", "rclone"])
+@pytest.mark.parametrize("kind", ["folder", "rclone", "s3"])
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_offsite_push_stops_within_2_s_and_leaves_no_temp_file(
     big_app: App, tmp_path: Path, how: str, kind: str, request: pytest.FixtureRequest
@@ -318,6 +319,9 @@ def test_offsite_push_stops_within_2_s_and_leaves_no_temp_file(
     if kind == "rclone":  # the real rclone binary, its local remote: SIGTERM reaches only us
         request.getfixturevalue("rclone_env")
         location = f"rclone:local:{target}"
+    if kind == "s3":  # SeaweedFS; multipart uploads (8 MB parts) that must not be left open
+        location = request.getfixturevalue("s3_location")
+        server: SeaweedServer = request.getfixturevalue("seaweed")
     push = ("offsite", "push", location)
     app.run("prune", "--keep-last", "2")  # two archives to copy: each run stays short
     for at in kill_points(app, how, *push):
@@ -328,6 +332,10 @@ def test_offsite_push_stops_within_2_s_and_leaves_no_temp_file(
         assert_clean(app, target)
         assert not [p for p in target.iterdir() if p.name.endswith(".partial")], outcome
         assert not _rclone_children(), "rclone still running after the command exited"
+        if kind == "s3":
+            bucket, _, prefix = location.removeprefix("s3://").partition("/")
+            listed = server.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+            assert not listed.get("Uploads"), listed["Uploads"]
     app.run(*push)  # the lock is free, and what was left half done is completed
     assert not [p for p in target.iterdir() if p.name.endswith(".partial")]  # rclone's temp
     [listing] = json.loads(app.run("offsite", "list", location, "--json").stdout)
