@@ -305,6 +305,7 @@ def test_restore_stops_within_2_s_leaving_old_or_new_state(big_app: App, how: st
         assert_clean(app)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["folder", "rclone", "s3"])
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_offsite_push_stops_within_2_s_and_leaves_no_temp_file(
@@ -364,3 +365,21 @@ def test_a_database_check_ends_at_once_when_the_command_stops(tmp_path: Path, mo
         assert time.monotonic() - started < 0.5
     finally:
         interrupt.STOP.clear()
+
+
+def test_a_signal_in_a_deferred_block_is_raised_as_it_ends() -> None:
+    """Publishing an archive and indexing it is all or nothing: a SIGTERM meanwhile waits for
+    the block's end, and what the block made is named as kept."""
+    reached_end = False
+    with interrupt.handling_signals():
+        with pytest.raises(interrupt.Terminated):
+            with interrupt.deferred("the new archive X was kept"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now, and raised nothing here
+                reached_end = True
+        assert interrupt.kept() == ["the new archive X was kept"]
+        assert interrupt.exit_code() == 143
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal, during cleanup: only recorded
+        time.sleep(0.05)
+    assert reached_end
+    interrupt.STOP.clear()

@@ -1,12 +1,15 @@
 """Ctrl-C and SIGTERM: one orderly way to stop, whatever a command is doing.
 
-The command line (:func:`aica_backup.cli.main`) runs under :func:`handling_signals`. The first
+The script's entry point (:mod:`aica_backup.__main__`) calls :func:`install` first thing; the
+command line called in-process runs under :func:`handling_signals`. The first
 SIGINT or SIGTERM raises in the main thread (``KeyboardInterrupt``, or its subclass
 :class:`Terminated`), so every ``finally`` and context manager on the way up removes what it
 made and releases the lock, as for any failure; and it sets :data:`STOP`, which the tool's own
 threads (database checks, offsite copies) look at between steps, so none of them is waited
 for long. Later signals are only recorded: the cleanup they would break off is what leaves the
-folders clean, and the tests bound it (well under 2 s).
+folders clean, and the tests bound it (well under 2 s). :func:`deferred` holds a signal back
+over a few steps that must be all or nothing, and :func:`kept` says what a stopped command
+leaves behind on purpose.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-STOP = threading.Event()
-_received: list[int] = []
+STOP = threading.Event()  # set by the first signal; worker threads look at it
+_received: list[int] = []  # every SIGINT or SIGTERM, in order
+_deferring: list[str] = []  # one entry per deferred() block the main thread is in
+_pending: list[int] = []  # a signal that arrived in such a block
+_kept: list[str] = []  # what this process made that stays (see kept())
+_settled = False  # the command is over: the process only exits now
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,12 +47,6 @@ def check() -> None:
     """Raise ``KeyboardInterrupt`` (in a worker thread) once the process is stopping."""
     if STOP.is_set():
         raise KeyboardInterrupt
-
-
-_deferring: list[str] = []  # the notes of the deferred() blocks the main thread is in
-_pending: list[int] = []  # a signal that arrived in such a block
-_kept: list[str] = []
-_settled = False  # the command is over: the process only exits now
 
 
 def settle() -> None:

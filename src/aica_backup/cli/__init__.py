@@ -142,7 +142,8 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; never returns."""
+    """Run the command line (the script enters by :mod:`aica_backup.__main__`, which handles
+    signals first); never returns."""
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     with interrupt.handling_signals():
         code = _run(argv, json_mode)
@@ -197,7 +198,7 @@ def _interrupted(exc: BaseException) -> int:
     for Ctrl-C, 143 for SIGTERM."""
     kept = "; ".join(interrupt.kept())
     err.print(f"aica-backup: interrupted: {kept or 'nothing changed'}", markup=False)
-    if interrupt.received() is None and isinstance(exc, interrupt.Terminated):
+    if isinstance(exc, interrupt.Terminated):
         return ExitCode.TERMINATED
     return interrupt.exit_code()
 
