@@ -372,11 +372,13 @@ def test_a_signal_in_a_deferred_block_is_raised_as_it_ends() -> None:
     the block's end, and what the block made is named as kept."""
     reached_end = False
     with interrupt.handling_signals():
-        with pytest.raises(interrupt.Terminated):
-            with interrupt.deferred("the new archive X was kept"):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler has run by now, and raised nothing here
-                reached_end = True
+        with (
+            pytest.raises(interrupt.Terminated),
+            interrupt.deferred("the new archive X was kept"),
+        ):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now, and raised nothing here
+            reached_end = True
         assert interrupt.kept() == ["the new archive X was kept"]
         assert interrupt.exit_code() == 143
         os.kill(os.getpid(), signal.SIGINT)  # a second signal, during cleanup: only recorded
