@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
+from . import __version__, interrupt
 from .archive import ArchiveWriter
 from .catalog import Catalog, new_name
 from .codec import HashingWriter, archive_suffix, compressing_writer
@@ -296,8 +296,11 @@ def create_archive(
                 writer.close()
             timings["archive"] = time.perf_counter() - t0
         final = backups / name
-        os.rename(tmp, final)  # unique name chosen under the lock: nothing is overwritten
-        fsync_dir(backups)
+        # Ctrl-C waits until the archive is in place and indexed: all or nothing, and named
+        with interrupt.deferred(f"the new archive {name} was kept"):
+            os.rename(tmp, final)  # unique name chosen under the lock: nothing is overwritten
+            fsync_dir(backups)
+            size, sha, unindexed = _index(catalog, final, hasher, manifest, kind)
     except AicaBackupError:
         tmp.unlink(missing_ok=True)
         raise
@@ -309,11 +312,6 @@ def create_archive(
         raise
     finally:
         snap.unlink(missing_ok=True)
-    size = final.stat().st_size
-    sha = hasher.sha.hexdigest()
-    if hasher.size != size:  # the file must hold exactly what we hashed
-        final.unlink()
-        raise StorageError(f"archive {name} is {size} bytes on disk, {hasher.size} were written")
     result = BackupResult(name, final, size, sha, manifest, time.perf_counter() - started, timings)
     if manifest.skipped:
         first = manifest.skipped[0]
@@ -323,13 +321,30 @@ def create_archive(
         )
     if kind == "backup":
         result.problems += _vanished(catalog, name, manifest)
+    if unindexed is not None:
+        result.problems.append(unindexed)
+    return result
+
+
+def _index(
+    catalog: Catalog, final: Path, hasher: HashingWriter, manifest: Manifest, kind: str
+) -> tuple[int, str, str | None]:
+    """Record a published archive in the index: (size, SHA-256, why the index entry could
+    not be written, or None)."""
+    size = final.stat().st_size
+    sha = hasher.sha.hexdigest()
+    if hasher.size != size:  # the file must hold exactly what we hashed
+        final.unlink()
+        raise StorageError(
+            f"archive {final.name} is {size} bytes on disk, {hasher.size} were written"
+        )
     try:
-        catalog.record_new(name, size, sha, manifest.summary(), origin=kind)
+        catalog.record_new(final.name, size, sha, manifest.summary(), origin=kind)
     except AicaBackupError as exc:
         # The archive is complete and published; the index is a cache rebuilt from it. The
         # run goes on (log, retention, offsite), ending with a warning.
-        result.problems.append(f"archive {name} is complete, but its index entry is not: {exc}")
-    return result
+        return size, sha, f"archive {final.name} is complete, but its index entry is not: {exc}"
+    return size, sha, None
 
 
 def _vanished(catalog: Catalog, name: str, manifest: Manifest) -> list[str]:

@@ -13,6 +13,9 @@ import copy
 import hashlib
 import io
 import os
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from typing import IO, Any, Literal, cast
 
@@ -72,16 +75,18 @@ def compressing_writer(
     else:
         cctx = _zstd().ZstdCompressor(level=level, threads=n)
         stream = cctx.stream_writer(raw, closefd=False)
-    ok = False
     try:
         yield stream
-        ok = True
-    finally:
-        if ok:
-            stream.close()
+        stream.close()
+    except BaseException:
+        # The output is thrown away: never flush it. Stop the compressor's threads instead,
+        # however the failure (Ctrl-C above all) left them.
+        if isinstance(stream, _FreshErrors):
+            stream.abandon()
         else:
             with contextlib.suppress(Exception):
                 stream.close()
+        raise
 
 
 @contextlib.contextmanager
@@ -144,6 +149,41 @@ class _FreshErrors:
     @property
     def closed(self) -> bool:
         return bool(self.inner.closed)
+
+    def abandon(self, timeout: float = 1.0) -> None:
+        """Stop python-isal's threaded writer without writing anything it still holds.
+
+        Its ``close()`` first flushes: it waits until every block handed to it is compressed
+        and written, in order. A Ctrl-C breaks that order: ``write()`` numbers a block, then
+        waits to put it on a full queue, and Ctrl-C lands there more often than not; that block
+        never reaches the queue, the thread that writes blocks out waits for it for ever, and
+        the flush waits for that thread (the backup hung with its lock held and a 390 MB temp
+        file). After a failure nothing it holds is wanted: its threads are told to stop, and
+        its queues emptied until they have (so none waits on a full one), for at most
+        ``timeout`` seconds; anything later is written nowhere (the caller deletes the file).
+        """
+        writer = getattr(self.inner, "raw", None)  # the BufferedWriter's _ThreadedGzipWriter
+        if writer is None or not hasattr(writer, "running"):  # a reader, or isal changed
+            with contextlib.suppress(Exception):
+                self.inner.close()
+            return
+        writer.running = False
+        writer._closed = True  # its BufferedWriter (closed now, too) never flushes into it
+        queues = [*getattr(writer, "input_queues", ()), *getattr(writer, "output_queues", ())]
+        threads = [
+            getattr(writer, "output_worker", None),
+            *getattr(writer, "compression_workers", ()),
+        ]
+        alive = [t for t in threads if isinstance(t, threading.Thread) and t.is_alive()]
+        deadline = time.monotonic() + timeout
+        while alive and time.monotonic() < deadline:
+            for q in queues:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        q.get_nowait()
+            for t in alive:
+                t.join(0.005)
+            alive = [t for t in alive if t.is_alive()]
 
 
 class HashingWriter(io.RawIOBase):

@@ -24,7 +24,8 @@ class ExitCode(IntEnum):
     BUSY = 9  # a process holds the live database open
     ROLLED_BACK = 10  # restore failed after it began swapping; the previous state is back
     CRYPTO = 11  # missing or wrong encryption key
-    INTERRUPTED = 130  # Ctrl-C
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM (kill, systemd, docker stop)
 
 
 class AicaBackupError(Exception):

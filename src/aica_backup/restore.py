@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import appctl
+from . import appctl, interrupt
 from .backup import BackupOptions, create_archive
 from .catalog import Catalog, prune, sha256_file
 from .errors import AicaBackupError, ArchiveError, RolledBackError, StorageError
@@ -483,7 +483,10 @@ def _transaction(
                 f"restore failed and was rolled back, the previous state is intact: {exc}{also}"
             ) from exc
         raise
-    journal.finish()
+    # Done: Ctrl-C now waits for the parked old version and staging to go (rather than leave
+    # them, and the journal, to the next command), then says the restore was made.
+    with interrupt.deferred(f"{archive.name} was restored"):
+        journal.finish()
     timings["swap_and_check"] = time.perf_counter() - t0
     result.notes += journal.notes
     return result

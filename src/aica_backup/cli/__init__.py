@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
+from .. import __version__, interrupt
 from ..errors import AicaBackupError, ExitCode
 from ..fsutil import storage_error
 from .common import Globals, emit_json, err
@@ -50,6 +50,14 @@ def command_group(module: str) -> Any:
     return typer.main.get_group(sub)
 
 
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM in a command, carried past Typer to :func:`main`."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
 class _LazyGroup(TyperGroup):
     """The root group: knows the command names, imports a command's module when it is asked
     for. (Any: Typer's own Click is private, typer._click.)"""
@@ -61,6 +69,12 @@ class _LazyGroup(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         return command_group(COMMANDS[cmd_name]).commands.get(cmd_name)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # Typer would make it a silent exit 130
+            raise _Interrupted(exc) from None
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
@@ -128,28 +142,43 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; never returns."""
+    """Run the command line (the script enters by :mod:`aica_backup.__main__`, which handles
+    signals first); never returns."""
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
+    with interrupt.handling_signals():
+        code = _run(argv, json_mode)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None, json_mode: bool) -> int:
+    """Run the command; return the exit code, having printed the one line a failure gets."""
     try:
         rv = app(args=argv, prog_name="aica-backup", standalone_mode=False)
+    except _Interrupted as exc:
+        return _interrupted(exc.interrupt)
+    except KeyboardInterrupt as exc:  # while the command line is parsed
+        return _interrupted(exc)
     except AicaBackupError as exc:
+        if interrupt.received() is not None:  # what the interruption made fail
+            return _interrupted(exc)
         _report(exc, json_mode)
-        sys.exit(int(exc.exit_code))
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("aica-backup: interrupted", markup=False)
-        sys.exit(ExitCode.INTERRUPTED)
+        return int(exc.exit_code)
+    except typer.Abort as exc:  # Ctrl-C at a prompt
+        return _interrupted(exc)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except typer.TyperException as exc:  # bad flag or argument: Typer's own usage errors
         show = getattr(exc, "show", None)
         if callable(show):
             show()
         else:
             err.print(f"aica-backup: error: {exc}", markup=False)
-        sys.exit(ExitCode.USAGE)
+        return ExitCode.USAGE
     except OSError as exc:  # a file-system error no layer below anticipated
+        if interrupt.received() is not None:
+            return _interrupted(exc)
         _report(storage_error("file system error", exc), json_mode)
-        sys.exit(ExitCode.STORAGE)
+        return ExitCode.STORAGE
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("AICA_BACKUP_DEBUG"):
             raise
@@ -158,8 +187,20 @@ def main(argv: list[str] | None = None) -> None:
             "(set AICA_BACKUP_DEBUG=1 for details)",
             markup=False,
         )
-        sys.exit(ExitCode.ERROR)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return ExitCode.ERROR
+    if rv == ExitCode.INTERRUPTED and interrupt.received() is not None:
+        return _interrupted(KeyboardInterrupt())  # Typer's own exit 130 (parsing, a prompt)
+    return rv if isinstance(rv, int) else 0
+
+
+def _interrupted(exc: BaseException) -> int:
+    """One line for an interrupted command: what it kept, or that nothing changed; exit 130
+    for Ctrl-C, 143 for SIGTERM."""
+    kept = "; ".join(interrupt.kept())
+    err.print(f"aica-backup: interrupted: {kept or 'nothing changed'}", markup=False)
+    if isinstance(exc, interrupt.Terminated):
+        return ExitCode.TERMINATED
+    return interrupt.exit_code()
 
 
 def _report(exc: AicaBackupError, json_mode: bool) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import interrupt
 from ..errors import AicaBackupError, StorageError
 from ..retention import Candidate, Policy, apply_policy
 from ..storage import Storage
@@ -141,6 +142,7 @@ def _guarded(report: TargetReport, op: Callable[[], Any]) -> Any:
     """Run one operation for a target: time it, and turn a failure into the report's error."""
     started = time.monotonic()
     try:
+        interrupt.check()  # nothing new starts once the command is stopping
         return op()
     except AicaBackupError as exc:
         report.fail(exc)

@@ -8,13 +8,13 @@ valid name. Files are 0600 and the folder 0700, like the local backups folder.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
+from .. import interrupt
 from ..errors import StorageError, UsageError
 from ..fsutil import PRIVATE_DIR, atomic_file, fsync_dir, storage_error
 from .base import AccessError, NotFoundError, ObjectInfo, check_name, is_valid_name
@@ -62,7 +62,9 @@ class LocalStorage:
         self._ensure_folder()
         try:
             with open(src, "rb") as fin, atomic_file(target) as fout:
-                shutil.copyfileobj(fin, fout, BUFFER)
+                while chunk := fin.read(BUFFER):
+                    interrupt.check()  # a copy in a worker thread stops with the command
+                    fout.write(chunk)
         except OSError as exc:
             raise storage_error(f"cannot copy {src.name} to {self.location}", exc) from exc
 
@@ -82,6 +84,7 @@ class LocalStorage:
                     raise storage_error(f"cannot read {name} from {self.location}", exc) from exc
                 if not chunk:
                     break
+                interrupt.check()
                 dest.write(chunk)
 
     def list(self) -> list[ObjectInfo]:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+from .. import interrupt
 from ..errors import StorageError, UsageError
 from .base import AccessError, NotFoundError, ObjectInfo, check_name, is_valid_name
 
@@ -106,18 +107,31 @@ class RcloneStorage:
         return StorageError(message)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.binary), *args, *_COMMON]
         try:
-            proc = subprocess.run(
-                [str(self.binary), *args, *_COMMON],
-                capture_output=True,
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                check=False,
                 stdin=subprocess.DEVNULL,
                 umask=PRIVATE_UMASK,
             )
         except OSError as exc:
             raise StorageError(f"cannot run rclone ({self.binary}): {exc.strerror}") from None
-        return proc
+        with proc:
+            while True:
+                try:
+                    stdout, stderr = proc.communicate(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if interrupt.STOP.is_set():
+                        # SIGTERM reached only this process (Ctrl-C on a terminal reaches
+                        # rclone too): stop rclone, which removes its partial upload
+                        proc.terminate()
+                        proc.communicate()
+                        raise KeyboardInterrupt from None
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     # -- the interface -----------------------------------------------------------------
     def put(self, name: str, src: Path) -> None:
@@ -145,6 +159,7 @@ class RcloneStorage:
             stdout = cast(IO[bytes], proc.stdout)  # set: stdout=PIPE
             try:
                 while chunk := stdout.read(READ_BLOCK):
+                    interrupt.check()
                     dest.write(chunk)
                     got += len(chunk)
             except BaseException:

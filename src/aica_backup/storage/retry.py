@@ -7,11 +7,11 @@ another try. Missing objects and access problems are never retried: asking again
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
+from .. import interrupt
 from ..errors import StorageError
 from .base import AccessError, NotFoundError, ObjectInfo, Storage
 
@@ -30,7 +30,7 @@ class RetryingStorage:
         *,
         delay: float = 1.0,
         max_delay: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = interrupt.STOP.wait,  # a pause Ctrl-C ends
         on_retry: OnRetry | None = None,
     ) -> None:
         self.inner = inner
@@ -49,6 +49,7 @@ class RetryingStorage:
             except (NotFoundError, AccessError):
                 raise
             except StorageError as exc:
+                interrupt.check()  # the failure may be the interruption itself (rclone's)
                 attempt += 1
                 if attempt > self.retries:
                     if self.retries:
@@ -61,6 +62,7 @@ class RetryingStorage:
                 if self._on_retry is not None:
                     self._on_retry(self.location, attempt, exc, pause)
                 self._sleep(pause)
+                interrupt.check()
                 if before_retry is not None:
                     before_retry()
 

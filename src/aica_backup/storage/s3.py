@@ -18,6 +18,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
 
+from .. import interrupt
 from ..errors import StorageError, UsageError
 from ..notify import safe_url
 from .base import AccessError, NotFoundError, ObjectInfo, check_name, is_valid_name
@@ -177,7 +178,13 @@ class S3Storage:
         except OSError as exc:
             raise StorageError(f"cannot read {src}: {exc.strerror}") from None
         try:
-            self.client.upload_file(str(src), self.bucket, key, Config=self._transfer_config(size))
+            self.client.upload_file(
+                str(src),
+                self.bucket,
+                key,
+                Config=self._transfer_config(size),
+                Callback=_stop_if_interrupted,
+            )
         except StorageError:
             raise
         except Exception as exc:
@@ -203,6 +210,7 @@ class S3Storage:
                     raise self._error("download", exc, name) from None
                 if not chunk:
                     break
+                interrupt.check()
                 dest.write(chunk)
                 got += len(chunk)
         finally:
@@ -253,3 +261,11 @@ class S3Storage:
                 return None
             raise error from None
         return ObjectInfo(name, int(head["ContentLength"]), head["LastModified"].astimezone(UTC))
+
+
+def _stop_if_interrupted(_sent: int) -> None:
+    """An upload's progress callback (in the transfer's threads): once the command is
+    stopping, fail the upload, which the transfer then aborts (a multipart one included);
+    the retry wrapper turns that into the interruption."""
+    if interrupt.STOP.is_set():
+        raise StorageError("upload stopped: the command was interrupted")
