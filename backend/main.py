@@ -28,11 +28,9 @@ from pydantic import BaseModel, Field
 import database
 
 try:  # optional: the backend runs (and reports "unknown") without aica-backup installed
-    from aica_backup.config import load_settings
-    from aica_backup.status import backup_status
+    from aica_backup.integrations.fastapi import backup_health as aica_backup_health
 except ImportError:  # pragma: no cover - exercised only where aica-backup is absent
-    load_settings = None  # type: ignore[assignment]
-    backup_status = None  # type: ignore[assignment]
+    aica_backup_health = None  # type: ignore[assignment]
 
 MAX_UPLOAD_BYTES = int(os.environ.get("AICA_MAX_UPLOAD_BYTES", str(100 * 1024 * 1024)))
 # quick_check reads the whole file: cache its result while the file looks unchanged.
@@ -263,18 +261,10 @@ def database_health() -> dict[str, Any]:
 
 
 def backup_health() -> dict[str, Any]:
-    """aica-backup's view of the newest backup, or why it is unknown."""
-    if backup_status is None or load_settings is None:
+    """aica-backup's view of the newest backup, or why it is unknown (never raises)."""
+    if aica_backup_health is None:
         return {"status": "unknown", "reason": "aica-backup not installed"}
-    root = app_root()
-    try:
-        settings = load_settings(root)
-    except Exception as exc:  # a broken config must not take the health endpoint down
-        return {"status": "unknown", "reason": f"cannot read aica-backup settings: {exc}"}
-    try:
-        return backup_status(settings.layout().backups_dir, settings.health.max_age_hours)
-    except OSError as exc:
-        return {"status": "unknown", "reason": f"cannot read the backups folder: {exc}"}
+    return aica_backup_health(app_root())
 
 
 @app.get("/health")
@@ -284,7 +274,7 @@ def health() -> JSONResponse:
     backup = backup_health()
     if not db["ok"]:
         status, code = "error", 503
-    elif backup["status"] != "ok" and backup_status is not None:
+    elif backup["status"] != "ok" and aica_backup_health is not None:
         # The app serves, but a disk loss now would lose data (or nobody can tell): worth a
         # warning, not an outage. Without aica-backup installed there is nothing to judge.
         status, code = "degraded", 200

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aica_backup.catalog import Catalog
-from aica_backup.status import backup_status
+from aica_backup.status import app_backup_status, backup_status
 from tests.support.app import App
 from tests.support.backend import Backend, running_backend
 
@@ -86,6 +86,74 @@ def test_now_must_be_aware(tmp_path: Path) -> None:
         backup_status(tmp_path, now=datetime(2024, 1, 1))  # noqa: DTZ001 - the point of the test
 
 
+KEYS = {
+    "status",
+    "reason",
+    "newest",
+    "created_at",
+    "age_hours",
+    "max_age_hours",
+    "count",
+    "verified",
+    "replication",
+    "drill",
+}
+
+
+def test_app_status_reads_the_apps_settings(app: App) -> None:
+    assert app_backup_status(app.root)["status"] == "none"
+    name = _backup(app)
+    ok = app_backup_status(app.root)
+    assert (ok["status"], ok["newest"], ok["max_age_hours"]) == ("ok", name, 26.0)
+    # Slots for continuous protection and restore drills: present, empty until they exist.
+    assert set(ok) == KEYS and ok["replication"] is None and ok["drill"] is None
+
+    (app.root / "aica-backup.toml").write_text('[paths]\nbackups = "elsewhere"\n')
+    assert app_backup_status(app.root)["status"] == "none"
+    (app.backups).rename(app.root / "elsewhere")
+    later = datetime.now(UTC) + timedelta(hours=30)
+    assert app_backup_status(app.root, now=later)["status"] == "degraded"
+    assert app_backup_status(app.root, 48, now=later)["status"] == "ok"
+
+
+def test_app_status_reports_what_it_cannot_read_and_never_raises(app: App) -> None:
+    """Every state has every key; an unreadable part is a status ("unknown"), not an exception."""
+    seen = {}
+    seen["none"] = app_backup_status(app.root)
+    name = _backup(app)
+    seen["ok"] = app_backup_status(app.root)
+    seen["degraded"] = app_backup_status(app.root, now=datetime.now(UTC) + timedelta(hours=27))
+
+    # An index entry edited by hand into another shape: the archive is still not opened.
+    index = Catalog(app.backups).index_dir / f"{name}.json"
+    record = json.loads(index.read_text())
+    index.write_text(json.dumps({**record, "verification": ["not", "a", "record"]}))
+    broken_index = app_backup_status(app.root)
+    assert broken_index["status"] == "unknown"
+    assert f"cannot judge the backups in {app.backups}" in broken_index["reason"]
+
+    # The backups folder is a file.
+    moved = app.root / "moved"
+    app.backups.rename(moved)
+    app.backups.write_text("not a folder")
+    not_a_folder = app_backup_status(app.root)
+    assert not_a_folder["status"] == "unknown"
+    assert f"cannot read {app.backups}" in not_a_folder["reason"]
+    app.backups.unlink()
+    moved.rename(app.backups)
+
+    # A configuration the tool itself would refuse.
+    (app.root / "aica-backup.toml").write_text("[health]\nmax_age_hours = -1\n")
+    bad_config = app_backup_status(app.root)
+    assert bad_config["status"] == "unknown"
+    assert "cannot read aica-backup settings" in bad_config["reason"]
+    assert "max_age_hours" in bad_config["reason"]
+
+    for state, status in [*seen.items(), ("index", broken_index), ("file", not_a_folder)]:
+        assert set(status) == KEYS, state
+        assert status["status"] == state or state in ("index", "file"), status
+
+
 @pytest.mark.integration
 def test_health_follows_backup_freshness(backend: Backend, backend_app: App) -> None:
     code, health = backend.health()
@@ -95,6 +163,8 @@ def test_health_follows_backup_freshness(backend: Backend, backend_app: App) -> 
     code, health = backend.health()
     assert (code, health["status"]) == (200, "ok")
     assert health["backup"]["newest"] == name and health["backup"]["status"] == "ok"
+    # Through aica_backup.integrations.fastapi: every field, the slots to come included.
+    assert set(health["backup"]) == KEYS and health["backup"]["replication"] is None
 
     # Age the only backup: health degrades (still 200: the app itself serves fine).
     (backend_app.backups / name).rename(backend_app.backups / OLD_NAME)
