@@ -31,6 +31,27 @@ def test_no_backups(app: App) -> None:
     assert "./scripts/backup.sh" in str(found["no-backups"]["fix"])
 
 
+def test_an_old_or_damaged_newest_backup(app: App) -> None:
+    """The same judgement as /health (aica_backup.status): the newest regular backup's age and
+    last verification, read from the catalog."""
+    app.run("backup")
+    name = app.archives()[-1].name
+    old = "backup_20200101_030000.tar.gz"
+    (app.backups / name).rename(app.backups / old)
+    code, found = findings(app)
+    assert set(found) == {"backup-too-old"} and code == 1
+    assert f"newest backup {old} is " in str(found["backup-too-old"]["diagnosis"])
+
+    app.run("backup")
+    newer = app.archives()[-1]
+    with open(newer, "r+b") as fh:
+        fh.seek(fh.seek(0, 2) // 2)
+        fh.write(b"\0" * 64)
+    assert app.run("verify", newer.name, check=False).returncode != 0
+    code, found = findings(app)
+    assert set(found) == {"backup-failed-verify"} and code == 2
+
+
 def test_stale_wal_is_folded_in_without_losing_rows(app: App) -> None:
     app.run("backup")
     before = len(app.rows())

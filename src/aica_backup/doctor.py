@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .appctl import database_files, describe
-from .catalog import Catalog
 from .errors import AicaBackupError
 from .holders import find_holders
 from .layout import Layout
 from .leftovers import scan
 from .snapshot import connect_existing, open_snapshot
+from .status import backup_age_hours, newest_backup
 
 if TYPE_CHECKING:
     from .offsite import Target
@@ -54,12 +54,11 @@ def _mode(path: Path) -> int:
 
 
 def check_backups(layout: Layout, max_age_hours: float) -> list[Finding]:
-    catalog = Catalog(layout.backups_dir)
     try:
-        entries = [catalog.entry(n, read_missing=False) for n in catalog.names(("backup",))]
+        newest, _count = newest_backup(layout.backups_dir)
     except OSError:  # a folder this user may not read: check_ownership names it
         return []
-    if not entries:
+    if newest is None:
         return [
             Finding(
                 "no-backups",
@@ -69,8 +68,7 @@ def check_backups(layout: Layout, max_age_hours: float) -> list[Finding]:
             )
         ]
     findings: list[Finding] = []
-    newest = entries[0]
-    age = (datetime.now(UTC) - newest.local_time).total_seconds() / 3600
+    age = backup_age_hours(newest, datetime.now(UTC))
     if age > max_age_hours:
         findings.append(
             Finding(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Catalog
+from .catalog import ArchiveEntry, Catalog
 from .errors import AicaBackupError
 
 if TYPE_CHECKING:
@@ -39,6 +39,23 @@ _BLANK: dict[str, Any] = {
 }
 
 
+def newest_backup(backups_dir: Path) -> tuple[ArchiveEntry | None, int]:
+    """The newest regular backup's catalog entry (from its index, never the archive) and how
+    many regular backups there are; ``(None, 0)`` without any."""
+    catalog = Catalog(backups_dir)
+    names = catalog.names(("backup",))
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):  # pruned between listing and reading
+            return catalog.entry(name, read_missing=False), len(names)
+    return None, 0
+
+
+def backup_age_hours(entry: ArchiveEntry, now: datetime) -> float:
+    """Hours since ``entry`` was made, by its name's local time as list and retention read it;
+    a clock set back gives 0, not < 0."""
+    return max(0.0, (now - entry.local_time).total_seconds() / 3600)
+
+
 def backup_status(
     backups_dir: Path, max_age_hours: float = DEFAULT_MAX_AGE_HOURS, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -52,21 +69,15 @@ def backup_status(
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    catalog = Catalog(backups_dir)
-    names = catalog.names(("backup",))
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):  # pruned between listing and reading
-            entry = catalog.entry(name, read_missing=False)
-            break
-    else:
+    entry, count = newest_backup(backups_dir)
+    if entry is None:
         return {
             **_BLANK,
             "status": "none",
             "max_age_hours": max_age_hours,
             "reason": "no backups yet",
         }
-    # The name's local time, as list and retention use; a clock set back gives age 0, not < 0.
-    age_hours = max(0.0, (now - entry.local_time).total_seconds() / 3600)
+    age_hours = backup_age_hours(entry, now)
     reasons: list[str] = []
     if age_hours > max_age_hours:
         reasons.append(f"newest backup is {age_hours:.1f} h old (limit {max_age_hours:g} h)")
@@ -80,7 +91,7 @@ def backup_status(
         "age_hours": round(age_hours, 3),
         "created_at": entry.local_time.astimezone(UTC).isoformat(),
         "verified": entry.verification,
-        "count": len(names),
+        "count": count,
         "max_age_hours": max_age_hours,
         "reason": "; ".join(reasons) or None,
     }
