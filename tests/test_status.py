@@ -154,6 +154,33 @@ def test_app_status_reports_what_it_cannot_read_and_never_raises(app: App) -> No
         assert status["status"] == state or state in ("index", "file"), status
 
 
+def test_replication_and_drill_slot_in(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What continuous protection and restore drills will report joins the status: a part that
+    is not ok degrades it with its reason, and a part that fails is a reason, not an exception.
+    (Stand-ins: neither part exists yet.)"""
+    from aica_backup import status as status_module
+
+    _backup(app)
+    lagging = {"status": "degraded", "reason": "12 min behind", "lag_seconds": 720.0}
+    monkeypatch.setattr(status_module, "replication_status", lambda _settings: lagging)
+    status = app_backup_status(app.root)
+    assert (status["status"], status["replication"]) == ("degraded", lagging)
+    assert status["reason"] == "replication: 12 min behind"
+
+    def broken(_settings: object) -> dict[str, object]:
+        raise RuntimeError("drill record unreadable")
+
+    monkeypatch.setattr(status_module, "last_drill", broken)
+    status = app_backup_status(app.root)
+    assert status["drill"] == {
+        "status": "unknown",
+        "reason": "cannot read it: RuntimeError: drill record unreadable",
+    }
+    assert status["reason"] == (
+        "replication: 12 min behind; drill: cannot read it: RuntimeError: drill record unreadable"
+    )
+
+
 @pytest.mark.integration
 def test_health_follows_backup_freshness(backend: Backend, backend_app: App) -> None:
     code, health = backend.health()

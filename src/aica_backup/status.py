@@ -134,7 +134,10 @@ def app_backup_status(
     reasons = [status["reason"]] if status["reason"] else []
     for key, part in (("replication", replication_status), ("drill", last_drill)):
         # Each part that is not ok degrades the whole, with its reason.
-        section = part(settings)
+        try:
+            section = part(settings)
+        except Exception as exc:
+            section = {"status": "unknown", "reason": f"cannot read it: {_describe(exc)}"}
         status[key] = section
         if section is not None and section.get("status") != "ok":
             reasons.append(f"{key}: {section.get('reason')}")
