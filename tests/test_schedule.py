@@ -53,7 +53,14 @@ def test_lines_are_the_guides() -> None:
 
 def lines_for(app: App) -> list[str]:
     """The guide's lines for ``app``, with the log this user gets (the guide's where writable)."""
-    lines = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
+    # `app.run` runs this venv's Python: the lines name the aica-backup beside it.
+    tool = Path(sys.executable).parent / "aica-backup"
+    lines = [
+        line.replace(SAMPLE_ROOT, str(app.root)).replace(
+            "./scripts/", f"AICA_BACKUP_BIN={tool} ./scripts/"
+        )
+        for line in GUIDE_LINES
+    ]
     if schedule.can_append(schedule.DEFAULT_LOG_FILE):
         return lines
     fallback = str(app.backups / ".aica-backup" / "cron.log")
@@ -422,7 +429,11 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
         [CRONTAB, "-u", name, "-l"], capture_output=True, text=True, check=True
     ).stdout
     daily = next(line for line in installed.splitlines() if line.startswith("0 3 * * * "))
-    assert daily == f"0 3 * * * cd {app.root} && ./scripts/backup.sh >> {log} 2>&1"
+    # The tool that installed the line is the one it runs (cron's PATH would not find it).
+    tool = app.root / ".venv" / "bin" / "aica-backup"
+    assert daily == (
+        f"0 3 * * * cd {app.root} && AICA_BACKUP_BIN={tool} ./scripts/backup.sh >> {log} 2>&1"
+    )
     # The same command, every minute: cron runs it at the next minute boundary.
     subprocess.run(
         [CRONTAB, "-u", name, "-"],

@@ -11,7 +11,13 @@ from .. import adopt, schedule
 from ..config import load_settings
 from .common import JSON_OPTION, emit_json, globals_of, note, out, warn
 
-WORDS = {"create": "wrote", "replace": "replaced", "append": "added to", "keep": "kept"}
+WORDS = {"create": "wrote", "replace": "replaced", "append": "added the targets to", "keep": "kept"}
+DRY_WORDS = {
+    "create": "would write",
+    "replace": "would replace",
+    "append": "would add the targets to",
+    "keep": "would keep",
+}
 
 
 def init(
@@ -65,11 +71,11 @@ def init(
         return
     if tool is None:
         warn("could not tell where this aica-backup is installed: the wrappers look it up")
-    prefix = "would have " if dry_run else ""
+    words = DRY_WORDS if dry_run else WORDS
     for p in plans:
         shown = p.path.relative_to(settings.root)
         reason = f" ({p.reason})" if p.reason else ""
-        out.print(f"{prefix}{WORDS[p.action]} {shown}{reason}", markup=False)
+        out.print(f"{words[p.action]} {shown}{reason}", markup=False)
     if dry_run:
         note("Dry run: nothing was written.")
         return
