@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,9 +159,3 @@ def test_a_pipx_install_adopts_an_app(wheel: Path, tmp_path: Path) -> None:
     assert tool.exists()
     app = bare_app_root(tmp_path / "aica-sys")
     adopt_and_use(tool, app, tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def _no_stray_build_files() -> Iterator[None]:
-    yield
-    assert not (REPO / "build").exists(), "the build must not write into the checkout"
