@@ -17,6 +17,7 @@ from aica_backup import adopt
 from aica_backup.config import Settings
 from aica_backup.errors import ExitCode
 from tests.support.app import App, make_app
+from tests.test_schedule import analyze_verify, complaints, needs_systemd_analyze
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = Path(sys.executable).parent / "aica-backup"
@@ -248,3 +249,12 @@ def test_schedule_records_the_running_tool(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert all(f"AICA_BACKUP_BIN={TOOL} " in line for line in proc.stdout.splitlines())
     assert os.access(app.root / "scripts/backup.sh", os.X_OK)
+
+
+@needs_systemd_analyze
+def test_the_filled_in_systemd_units_pass_systemd_analyze_verify(app: App) -> None:
+    assert init(app.root, "--with", "systemd").returncode == 0
+    units = app.root / "deploy" / "systemd"
+    proc = analyze_verify(units / "aica-backup.service", units / "aica-backup.timer")
+    assert proc.returncode == 0, proc.stderr
+    assert complaints(proc, units) == []
