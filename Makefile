@@ -1,23 +1,22 @@
 # aica-backup — the guide's commands, plus setup, demo and tests.
 # `make demo` and `make test` set everything up themselves on a machine with Python 3.11+.
-# Copied into an app root (README, "Use it for your app"), backup, restore, verify and list run
-# the installed tool through scripts/ (found as scripts/_aica.sh says); only in this repository
-# do they first set up .venv from pyproject.toml.
+# In an app, `aica-backup init` writes the backup, restore, verify and list targets (the block
+# between the markers below), which run the installed tool through scripts/; only in this
+# repository do they first set up .venv from pyproject.toml.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The dev setup, for the app-facing targets, only where this is the aica-backup repository.
-TOOL   := $(if $(wildcard src/aica_backup/__init__.py),$(STAMP))
-# `aica-backup --root APP ARGS...`, with the command found as the wrappers find it.
-AICA   := bash -c 'source scripts/_aica.sh && exec "$${AICA[@]}" --root "$$AICA_ROOT" "$$@"' aica-backup
+# The dev setup, for the backup targets (the block `aica-backup init` writes into an app's
+# Makefile, kept identical to src/aica_backup/templates/Makefile.block), only in this repository.
+AICA_BACKUP_SETUP := $(if $(wildcard src/aica_backup/__init__.py),$(STAMP))
 
 .PHONY: help backup restore verify list demo test lint bench clean
 
 help:
 	@echo "make backup                    back up the app in this folder (./scripts/backup.sh)"
-	@echo "make restore [ARCHIVE=FILE]    restore the newest (or the given) backup"
+	@echo "make restore [ARCHIVE=FILE]    restore the newest (or the given) backup (ARGS=--yes: no prompt)"
 	@echo "make verify                    check every backup can be restored"
 	@echo "make list                      list the backups, newest first"
 	@echo "make demo                      set up, then run the demo on a sample app"
@@ -30,17 +29,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-backup: $(TOOL)
-	./scripts/backup.sh
+# BEGIN aica-backup (written by `aica-backup init`; a second init replaces only this block)
+# make backup | restore [ARCHIVE=FILE] | verify | list, run by the scripts/ wrappers, which
+# find the aica-backup command as scripts/_aica.sh says. ARGS=... goes to the command
+# (e.g. make restore ARCHIVE=backups/backup_20241010_030000.tar.gz ARGS=--yes).
+AICA_BACKUP_RUN := bash -c 'source scripts/_aica.sh && exec "$${AICA[@]}" --root "$$AICA_ROOT" "$$@"' aica-backup
 
-restore: $(TOOL)
-	./scripts/restore.sh $(ARCHIVE)
+.PHONY: backup restore verify list
 
-verify: $(TOOL)
-	$(AICA) verify --all
+backup: $(AICA_BACKUP_SETUP)
+	./scripts/backup.sh $(ARGS)
 
-list: $(TOOL)
-	$(AICA) list
+restore: $(AICA_BACKUP_SETUP)
+	./scripts/restore.sh $(ARCHIVE) $(ARGS)
+
+verify: $(AICA_BACKUP_SETUP)
+	$(AICA_BACKUP_RUN) verify --all $(ARGS)
+
+list: $(AICA_BACKUP_SETUP)
+	$(AICA_BACKUP_RUN) list $(ARGS)
+# END aica-backup
 
 demo: $(STAMP)
 	$(BIN)/aica-backup demo

@@ -53,7 +53,14 @@ def test_lines_are_the_guides() -> None:
 
 def lines_for(app: App) -> list[str]:
     """The guide's lines for ``app``, with the log this user gets (the guide's where writable)."""
-    lines = [line.replace(SAMPLE_ROOT, str(app.root)) for line in GUIDE_LINES]
+    # `app.run` runs this venv's Python: the lines name the aica-backup beside it.
+    tool = Path(sys.executable).parent / "aica-backup"
+    lines = [
+        line.replace(SAMPLE_ROOT, str(app.root)).replace(
+            "./scripts/", f"AICA_BACKUP_BIN={tool} ./scripts/"
+        )
+        for line in GUIDE_LINES
+    ]
     if schedule.can_append(schedule.DEFAULT_LOG_FILE):
         return lines
     fallback = str(app.backups / ".aica-backup" / "cron.log")
@@ -382,14 +389,16 @@ def chown_tree(path: Path, user: pwd.struct_passwd) -> None:
             os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
-def app_of(user: pwd.struct_passwd) -> App:
-    """A sample app of ``user``'s, set up as the README says: scripts/, the tool in .venv."""
+def app_of(user: pwd.struct_passwd, venv: Path | None = None) -> App:
+    """A sample app of ``user``'s: scripts/, the tool in ``venv`` (default: the app's .venv)."""
     app = make_app(Path(user.pw_dir).parent / "aica-sys")
     (app.root / "scripts").mkdir()
     for name in ("backup.sh", "_aica.sh"):
         shutil.copy2(REPO / "scripts" / name, app.root / "scripts" / name)
-    install_tool_for_anyone(app.root / ".venv")
+    venv = venv or app.root / ".venv"
+    install_tool_for_anyone(venv)
     chown_tree(app.root, user)
+    chown_tree(venv, user)
     return app
 
 
@@ -399,11 +408,15 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
 ) -> None:
     """The reported case: `schedule cron --install` as a user who cannot write /var/log. The
     line it installs must run under the real cron daemon: a backup made by that user, its
-    output in the log the command named."""
-    app = app_of(second_user)
+    output in the log the command named. The tool lives where pipx or uv put one, outside
+    the app and out of cron's PATH: the line runs the tool that installed it (before: the
+    wrapper found no aica-backup and exited 127, every night)."""
+    venv = Path(second_user.pw_dir) / ".local" / "share" / "aica-backup-venv"
+    app = app_of(second_user, venv)
+    tool = venv / "bin" / "aica-backup"
     env = {"HOME": second_user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     proc = subprocess.run(
-        [str(app.root / ".venv" / "bin" / "aica-backup"), "schedule", "cron", "--install"],
+        [str(tool), "schedule", "cron", "--install"],
         cwd=app.root,
         env=env,
         user=second_user.pw_uid,
@@ -422,7 +435,10 @@ def test_installed_line_runs_under_the_real_cron_as_an_unprivileged_user(
         [CRONTAB, "-u", name, "-l"], capture_output=True, text=True, check=True
     ).stdout
     daily = next(line for line in installed.splitlines() if line.startswith("0 3 * * * "))
-    assert daily == f"0 3 * * * cd {app.root} && ./scripts/backup.sh >> {log} 2>&1"
+    # The tool that installed the line is the one it runs (cron's PATH would not find it).
+    assert daily == (
+        f"0 3 * * * cd {app.root} && AICA_BACKUP_BIN={tool} ./scripts/backup.sh >> {log} 2>&1"
+    )
     # The same command, every minute: cron runs it at the next minute boundary.
     subprocess.run(
         [CRONTAB, "-u", name, "-"],

@@ -236,8 +236,8 @@ class Settings(_Section):
             f"{self.root} does not look like an app root (no {self.paths.database}, "
             f"{self.paths.uploads}, {self.paths.config} or {CONFIG_FILENAME}): nothing was "
             "created or changed",
-            hint="pass --root (or cd to) the app's folder; for a new app root, "
-            f"create {CONFIG_FILENAME} in it first",
+            hint="pass --root (or cd to) the app's folder; for a new app root, run "
+            f"`aica-backup init --force` there (or create {CONFIG_FILENAME}) first",
         )
 
     @property

@@ -18,6 +18,7 @@ import pwd
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,15 +135,37 @@ def _cron_word(value: Path) -> str:
     return shlex.quote(text).replace("%", "\\%")
 
 
-def cron_command(root: Path, log_file: Path = DEFAULT_LOG_FILE) -> str:
-    """``cd ROOT && ./scripts/backup.sh >> LOG 2>&1``, quoted for cron and the shell."""
-    return f"cd {_cron_word(root)} && ./scripts/backup.sh >> {_cron_word(log_file)} 2>&1"
+def cron_command(root: Path, log_file: Path = DEFAULT_LOG_FILE, tool: Path | None = None) -> str:
+    """``cd ROOT && [AICA_BACKUP_BIN=TOOL ]./scripts/backup.sh >> LOG 2>&1``, quoted for cron
+    and the shell. ``tool``: the aica-backup to run, which cron's ``PATH=/usr/bin:/bin`` would
+    not find where pipx, uv or a venv put it."""
+    run = "./scripts/backup.sh"
+    if tool is not None:
+        run = f"AICA_BACKUP_BIN={_cron_word(tool)} {run}"
+    return f"cd {_cron_word(root)} && {run} >> {_cron_word(log_file)} 2>&1"
 
 
-def cron_lines(root: Path, log_file: Path = DEFAULT_LOG_FILE) -> list[str]:
+def cron_lines(
+    root: Path, log_file: Path = DEFAULT_LOG_FILE, tool: Path | None = None
+) -> list[str]:
     """The guide's two crontab lines for the app at ``root`` (an absolute path)."""
-    command = cron_command(root, log_file)
+    command = cron_command(root, log_file, tool)
     return [f"{job.when} {command}" for job in GUIDE_JOBS]
+
+
+def running_tool() -> Path | None:
+    """The absolute path of the ``aica-backup`` executable running now, if there is one: the
+    script this process was started as, else the one beside its Python (a venv's, pipx's).
+    Not resolved through symlinks: pipx's ``~/.local/bin/aica-backup`` survives upgrades."""
+    candidates = []
+    if sys.argv and Path(sys.argv[0]).name == "aica-backup":
+        candidates.append(Path(sys.argv[0]))
+    candidates.append(Path(sys.executable).parent / "aica-backup")
+    for candidate in candidates:
+        path = Path(os.path.abspath(candidate))
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def cron_block(lines: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ COMMANDS = {
     "offsite": "offsite",
     "keygen": "keygen",
     "schedule": "schedule",
+    "init": "init",
     "demo": "demo",
 }
 
@@ -130,12 +131,14 @@ def _root(
     ] = None,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Backup and recovery for the AICA-SyS app: database, uploads and config."""
     ctx.obj = Globals(root=root.absolute(), config_file=config_file)
-    if ctx.invoked_subcommand not in (None, "demo", "keygen", "schedule"):
+    if ctx.invoked_subcommand not in (None, "demo", "keygen", "schedule", "init"):
         from .recover import finish_interrupted_runs
 
         finish_interrupted_runs(ctx, recover_journal=ctx.invoked_subcommand != "recover")

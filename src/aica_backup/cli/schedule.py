@@ -1,7 +1,8 @@
 """``aica-backup schedule cron``: the guide's crontab lines for this app, printed or installed.
 
-systemd and Docker schedules are files to copy, not commands: see ``deploy/systemd/`` and
-``docker-compose.yml``.
+The lines name the aica-backup running this command (``AICA_BACKUP_BIN=...``): cron's
+``PATH=/usr/bin:/bin`` would not find one installed with pipx, uv or in a venv. systemd and
+Docker schedules are files: ``aica-backup init --with systemd,compose`` writes them.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def cron(
         if install:  # never install a line that cannot run
             raise UsageError(
                 problem,
-                hint="run this from the app root (or pass --root) after copying aica-backup's "
-                "scripts/ into it",
+                hint="run this from the app root (or pass --root) after `aica-backup init` "
+                "has written scripts/ there",
             )
         warn(f"{problem} (is --root the app?)")
     meta_dir = settings(ctx).layout().meta_dir
@@ -89,7 +90,7 @@ def cron(
             f"You cannot write {choice.instead_of}: the jobs log to {choice.path} instead "
             "(--log FILE to choose another)."
         )
-    lines = schedule.cron_lines(root, choice.path)
+    lines = schedule.cron_lines(root, choice.path, schedule.running_tool())
     changed = schedule.install(lines) if install else False
     if json_out:
         emit_json(
