@@ -429,3 +429,24 @@ def test_backup_skips_what_restore_could_not_create_and_says_so(app: App, tmp_pa
         assert (app.uploads / "/".join(["d"] * 1500)).is_dir()
     finally:  # pytest's own clean-up of tmp_path recurses once per level
         discard_tree(app.root)
+
+
+def test_a_backup_whose_verify_could_not_run_does_not_push_good_backups_out(
+    tmp_path: Path,
+) -> None:
+    """Issue 14.1: ``backup --verify`` on a disk with room for the archive but not for its
+    check. The new archive is neither verified nor freshly checked, so retention must not
+    delete verified archives in its favour (it removed two of the three, keep_last = 2)."""
+    with tmpfs(tmp_path / "disk", "160m") as disk:
+        app = make_app(disk / "app", rows=2000)
+        (app.root / "aica-backup.toml").write_text("[retention]\nkeep_last = 2\n")
+        for _ in range(2):
+            app.run("backup", "--verify")
+        good = [p.name for p in app.archives()]
+        _fill(disk, 30 << 20)
+
+        proc = app.run("backup", "--verify", check=False)
+        assert proc.returncode == 7, proc.stdout + proc.stderr
+        assert "could not be verified: not enough free space to check" in proc.stderr
+        assert "Removed by retention" not in proc.stdout
+        assert set(good) < {p.name for p in app.archives()}
