@@ -413,3 +413,28 @@ def test_a_signal_in_a_deferred_block_is_raised_as_it_ends(stop_flag: threading.
         time.sleep(0.05)
     assert reached_end
     assert stop_flag.is_set()  # worker threads were told
+
+
+def test_a_signal_while_a_finished_command_exits_does_not_kill_it(app: App) -> None:
+    """SIGTERM just after a command printed its result, while Python exits: the command is
+    done, so its own code (0), never death by the signal. Python's exit puts the default
+    handlers back while it still unloads modules (tens of ms): -15 at every offset here."""
+    app.run("backup")
+    codes = []
+    for offset in (0.01, 0.02, 0.03, 0.04, 0.05):
+        proc = subprocess.Popen(
+            _argv(app, ("list", "--json")),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_default_signals,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the JSON is printed (and flushed) last: the command is done
+        time.sleep(offset)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        codes.append(proc.wait(timeout=GRACE + 5))
+    assert set(codes) <= {0, 143}, codes
+    assert 0 in codes, codes
