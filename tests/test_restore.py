@@ -481,10 +481,14 @@ def test_an_identical_tree_shows_no_change(app: App) -> None:
         got = uploads_change()
         assert (got["added"], got["changed"], got["removed"]) == (0, 0, 0), got
         assert (got["unchanged"], got["bytes_replaced"], got["largest"]) == (files, 0, []), got
+        got = changes()["config"]  # the confirm screen named it as replaced
+        assert (got["action"], got["largest"]) == ("unchanged", []), got
 
     assert_no_change()
     app.run("restore", str(archive), "--yes")
     assert_no_change()
+    got = changes()["database"]  # the very file the archive holds, since the restore
+    assert (got["action"], got["largest"]) == ("unchanged", []), got
     alice = app.uploads / "avatars" / "alice.png"
     data = bytearray(alice.read_bytes())
     data[0] ^= 0xFF

@@ -72,7 +72,7 @@ class Change:
     """What a restore does to one component."""
 
     component: Component
-    action: str  # replace, create, remove, keep (not in archive / not selected)
+    action: str  # replace, create, remove, unchanged (same bytes), keep (absent / not selected)
     current: str
     archive: str
     details: dict[str, int] = field(default_factory=dict)
@@ -256,14 +256,18 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
             record = staged.manifest.member(info.path)
             size = live.stat().st_size if live.is_file() else None
             replaced = [(layout.relpath(comp), size, "replaced")] if size is not None else []
+            # The archive's very bytes already live there: nothing is replaced (issue 14.11).
+            same = (
+                size is not None and record is not None and _same_content(live, live.stat(), record)
+            )
             changes.append(
                 Change(
                     comp,
-                    "replace" if live.exists() else "create",
+                    "unchanged" if same else "replace" if live.exists() else "create",
                     current,
                     # The manifest's record: the staged copy has the unpack time until the swap.
                     _described(record.size, record.mtime) if record else "absent",
-                    largest=replaced,
+                    largest=[] if same else replaced,
                 )
             )
     return changes
