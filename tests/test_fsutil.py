@@ -7,8 +7,8 @@ import errno
 import fcntl
 import os
 import signal
-import subprocess
 import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
