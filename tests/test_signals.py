@@ -438,3 +438,36 @@ def test_a_signal_while_a_finished_command_exits_does_not_kill_it(app: App) -> N
         codes.append(proc.wait(timeout=GRACE + 5))
     assert set(codes) <= {0, 143}, codes
     assert 0 in codes, codes
+
+
+def test_a_push_stopped_after_a_copy_names_the_copy_it_made(big_app: App, tmp_path: Path) -> None:
+    """SIGTERM to an encrypting ``offsite push`` once the first copy is verified on the target:
+    the one line names that copy (it said "interrupted: nothing changed" with the copy there)."""
+    from aica_backup.crypto import generate_identity
+
+    app = big_app
+    while len(app.archives("backup_*")) < 2:
+        app.run("backup", "--no-offsite")
+    app.run("prune", "--keep-last", "2")
+    target = tmp_path / "nas"
+    env = {**os.environ, "AICA_BACKUP_ENCRYPTION_RECIPIENTS": generate_identity(tmp_path / "id")}
+    proc = subprocess.Popen(
+        _argv(app, ("offsite", "push", str(target))),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        preexec_fn=_default_signals,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # the second archive is being encrypted (seconds) after this
+        seen.append(line)
+        if "copied and verified" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    seen += proc.stderr.readlines()
+    assert proc.wait(timeout=GRACE + 5) == 143, "".join(seen)
+    [copy] = [p.name for p in target.iterdir() if p.name.endswith(".age")]
+    assert seen[-1].strip() == f"aica-backup: interrupted: {copy} was copied to {target}", seen
