@@ -850,3 +850,25 @@ def test_a_failed_direct_write_fails_the_restore_and_changes_nothing(
     assert "disk is full" in err
     assert fingerprint(app) == state_b
     assert not (app.root / ".aica-restore").exists()
+
+
+@pytest.mark.parametrize("point", ["staged", "journal-saved"])
+def test_a_killed_target_restore_is_tidied_by_the_next_command(
+    app: App, tmp_path: Path, point: str
+) -> None:
+    """kill -9 of ``restore --target DIR`` left DIR/.aica-restore/ (an unpacked copy of the
+    app, secrets included, or a journal half done) that no later command in the app ever
+    removed or reported: list, doctor and backup looked only at the app. The next command
+    of the app finishes the target's restore and removes what it left (issue 14.10)."""
+    app.run("backup")
+    target = tmp_path / "drill"
+    env = {**os.environ, CRASH_ENV: point}
+    proc = app.run("restore", "--target", str(target), "--yes", check=False, env=env)
+    assert proc.returncode == -9, proc.stderr
+    assert (target / ".aica-restore").exists()
+    nxt = app.run("list")
+    assert "interrupted restore" in nxt.stderr
+    assert not (target / ".aica-restore").exists()
+    assert not [p for p in target.rglob("*") if p.name.startswith(".tmp-")]
+    app.run("list")  # and nothing is left to say
+    assert app.run("list").stderr == ""

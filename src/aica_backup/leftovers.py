@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import sqlite3
@@ -28,7 +29,15 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .errors import AicaBackupError, LockedError
-from .fsutil import PRIVATE_DIR, TMP_PREFIX, discard_tree, fsync_dir, remove_dead_temp_files
+from .fsutil import (
+    PRIVATE_DIR,
+    TMP_PREFIX,
+    atomic_write_bytes,
+    discard_tree,
+    ensure_private_dir,
+    fsync_dir,
+    remove_dead_temp_files,
+)
 from .journal import JOURNAL_NAME, Journal
 from .layout import Layout
 from .lock import exclusive_lock
@@ -57,6 +66,40 @@ def staging_folder(path: Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+# Where the app remembers the folders that a ``restore --target`` is working in.
+_TARGETS = "target-restores"
+
+
+@contextlib.contextmanager
+def restoring_into(meta_dir: Path, target: Path) -> Iterator[None]:
+    """Record in the app's ``meta_dir``, while the block runs, that a restore works in
+    ``target`` (``--target``): a kill -9 leaves its staging or journal there, out of sight of
+    every later command of the app but for this record (:func:`interrupted_targets`)."""
+    record = ensure_private_dir(meta_dir / _TARGETS) / hashlib.sha256(bytes(target)).hexdigest()
+    atomic_write_bytes(record, bytes(target))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            record.unlink()
+
+
+def interrupted_targets(meta_dir: Path) -> list[tuple[Path, Path]]:
+    """(record, target folder) of each ``--target`` restore that did not end (killed, or
+    running now): the caller finishes it under the lock, then drops the record."""
+    try:
+        records = sorted((meta_dir / _TARGETS).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found: list[tuple[Path, Path]] = []
+    for record in records:
+        if record.name.startswith(TMP_PREFIX):
+            continue  # a record being written: the temp-file cleanup's
+        with contextlib.suppress(OSError):
+            found.append((record, Path(os.fsdecode(record.read_bytes()))))
+    return found
 
 
 @dataclass(frozen=True)
