@@ -69,9 +69,12 @@ def _finish_target_restores(meta_dir: Path, layout: Layout) -> None:
     in its target (staging: a copy of the app, secrets included); skipped while a restore
     runs (it holds the lock)."""
     from ..leftovers import interrupted_targets
-    from .restore import finish_interrupted
 
     for record, target in interrupted_targets(meta_dir):
+        # Only now: the restore command's imports (psutil reads /proc/stat, which a hardened
+        # unit does not offer) are for when a target restore was interrupted.
+        from .restore import finish_interrupted
+
         try:
             with exclusive_lock(meta_dir, "cleanup"):
                 finish_interrupted(layout.with_root(target))
