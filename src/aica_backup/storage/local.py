@@ -7,6 +7,7 @@ valid name. Files are 0600 and the folder 0700, like the local backups folder.
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import interrupt
 from ..errors import StorageError, UsageError
-from ..fsutil import PRIVATE_DIR, atomic_file, fsync_dir, storage_error
+from ..fsutil import PRIVATE_DIR, TMP_PREFIX, atomic_file, fsync_dir, storage_error
 from .base import AccessError, NotFoundError, ObjectInfo, check_name, is_valid_name
 
 BUFFER = 1 << 20
@@ -61,6 +62,11 @@ class LocalStorage:
         target = self.folder / check_name(name)
         self._ensure_folder()
         try:
+            # What an earlier push of this very object left when it was killed (atomic_file's
+            # NAME.PID; a full-size copy that nothing else would ever remove).
+            for stale in self.folder.glob(f"{TMP_PREFIX}{glob.escape(name)}.*"):
+                if stale.name.rpartition(".")[2].isdigit():
+                    stale.unlink(missing_ok=True)
             with open(src, "rb") as fin, atomic_file(target) as fout:
                 while chunk := fin.read(BUFFER):
                     interrupt.check()  # a copy in a worker thread stops with the command
