@@ -872,3 +872,15 @@ def test_a_killed_target_restore_is_tidied_by_the_next_command(
     assert not [p for p in target.rglob("*") if p.name.startswith(".tmp-")]
     app.run("list")  # and nothing is left to say
     assert app.run("list").stderr == ""
+
+
+def test_a_failed_target_restore_leaves_no_new_folder(app: App, tmp_path: Path) -> None:
+    """restore --target into a new folder, refused (a truncated archive) or interrupted,
+    left the folder it made, empty: a failed command changes nothing."""
+    app.run("backup")
+    archive = app.archives()[-1]
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    target = tmp_path / "drill" / "new"
+    proc = app.run("restore", str(archive), "--target", str(target), "--yes", check=False)
+    assert proc.returncode == 6, proc.stderr
+    assert not (tmp_path / "drill").exists()

@@ -374,12 +374,29 @@ def restore(
     with the live state is known, before anything live is touched; raising from it cancels
     the restore (nothing changed, the staging removed). Not called for a dry run.
     """
-    _preflight(layout, archive, options.only)
-    if not options.dry_run and not options.stop_command:
-        appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
-    # Held by this process while it lives: the next command removes it only once it is dead.
-    with staging_folder(_work_dir(layout)) as work:
-        return _transaction(layout, archive, options, work, progress, confirm)
+    existing = nearest_existing(layout.root)  # a --target folder may be new: made here
+    try:
+        _preflight(layout, archive, options.only)
+        if not options.dry_run and not options.stop_command:
+            appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
+        # Held by this process while it lives: the next command removes it only once it is dead.
+        with staging_folder(_work_dir(layout)) as work:
+            return _transaction(layout, archive, options, work, progress, confirm)
+    except BaseException:
+        _remove_made_folders(layout.root, existing)  # a failed restore changes nothing
+        raise
+
+
+def _remove_made_folders(root: Path, existing: Path) -> None:
+    """Remove ``root`` and its parents up to ``existing`` (excluded), as long as they are
+    empty: the folders a failed restore into a new target made."""
+    folder = root
+    while folder != existing and existing in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or not ours to remove): kept
+        folder = folder.parent
 
 
 def _transaction(
