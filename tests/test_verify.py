@@ -450,3 +450,30 @@ def test_a_backup_whose_verify_could_not_run_does_not_push_good_backups_out(
         assert "could not be verified: not enough free space to check" in proc.stderr
         assert "Removed by retention" not in proc.stdout
         assert set(good) < {p.name for p in app.archives()}
+
+
+def test_a_killed_verify_leaves_no_scratch_folder(app: App) -> None:
+    """kill -9 of verify left ``.aica-backup/.tmp-verify-PID/`` (the archive's database
+    unpacked in it) for good: no command removed a dead verify's folder. The next command
+    does."""
+    (app.uploads / "big.bin").write_bytes(os.urandom(60 << 20))
+    app.run("backup")
+    meta = app.backups / ".aica-backup"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "verify"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".tmp-verify-") for p in meta.iterdir()):
+            time.sleep(0.05)  # into the archive: the database is unpacked first
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.0005)
+    proc.wait(timeout=60)
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("verify ended before it could be killed")
+    assert [p for p in meta.iterdir() if p.name.startswith(".tmp-verify-")]
+    nxt = app.run("list")
+    assert not [p for p in meta.iterdir() if p.name.startswith(".tmp-verify-")], nxt.stderr

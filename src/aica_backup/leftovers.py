@@ -42,6 +42,8 @@ from .journal import JOURNAL_NAME, Journal
 from .layout import Layout
 from .lock import exclusive_lock
 
+# The scratch folder of a verify (verify.verify_archive): the archive's database unpacked.
+_VERIFY_SCRATCH = re.compile(re.escape(TMP_PREFIX) + r"verify-(?P<pid>\d+)")
 # <UTC stamp>-<pid>: the name restore gives its staging folder.
 _STAGING = re.compile(r"(?P<stamp>\d{8}T\d{6})-(?P<pid>\d+)")
 _STAMP = "%Y%m%dT%H%M%S"
@@ -264,6 +266,25 @@ def _backup_temp_files(layout: Layout) -> bool:
     return False
 
 
+def _remove_dead_verify_folders(meta_dir: Path) -> list[str]:
+    """Remove the scratch folders of verify runs that died (kill -9): each holds a copy of
+    an archive's database. A folder whose pid runs (or was reused) is left alone."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(meta_dir))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _VERIFY_SCRATCH.fullmatch(e.name)
+        if m is None or not e.is_dir(follow_symlinks=False) or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):  # not this user's to remove: kept
+            discard_tree(Path(e.path))
+        if not os.path.lexists(e.path):
+            removed.append(e.path)
+    return removed
+
+
 @dataclass
 class Cleaned:
     """What :func:`clean` removed, and what it found but had to leave."""
@@ -282,6 +303,7 @@ def clean(layout: Layout) -> Cleaned:
     removed: list[str] = []
     for folder in _backup_folders(layout):  # e.g. the encrypted copy of a killed push
         removed += [str(folder / name) for name in remove_dead_temp_files(folder)]
+    removed += _remove_dead_verify_folders(layout.meta_dir)
     if not layout.restore_dir.exists():  # the one cost while no restore was interrupted
         return Cleaned(removed, [])
     removed_items, kept = remove_dead(layout.restore_dir)
