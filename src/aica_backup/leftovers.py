@@ -93,7 +93,7 @@ def interrupted_targets(meta_dir: Path) -> list[tuple[Path, Path]]:
     running now): the caller finishes it under the lock, then drops the record."""
     try:
         records = sorted((meta_dir / _TARGETS).iterdir())
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # none, or a folder this user may not read (doctor names it)
         return []
     found: list[tuple[Path, Path]] = []
     for record in records:
