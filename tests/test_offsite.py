@@ -948,3 +948,19 @@ def test_a_copy_killed_on_a_folder_target_is_cleared_by_the_next_push(
     assert [p for p in target.iterdir() if p.name.startswith(".tmp-")]
     app.run("offsite", "push", str(target))
     assert not [p for p in target.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_target_folder_that_cannot_be_written_is_named_once(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted but read-only share: the error named the share three times ("SHARE: cannot
+    write SHARE/NAME: Read-only file system: SHARE/.tmp-NAME.PID")."""
+    from .support.fs import tmpfs
+
+    with tmpfs(tmp_path / "ro", "1m", readonly=True) as share:
+        monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(share))
+        monkeypatch.setenv("AICA_BACKUP_OFFSITE_RETRIES", "0")
+        proc = app.run("backup", "--json", check=False)
+        assert proc.returncode == 1, proc.stderr
+        [line] = [ln for ln in proc.stderr.splitlines() if "offsite copy failed" in ln]
+        assert line.count(str(share)) == 1 and "Read-only file system" in line, line
