@@ -471,3 +471,47 @@ def test_a_push_stopped_after_a_copy_names_the_copy_it_made(big_app: App, tmp_pa
     assert proc.wait(timeout=GRACE + 5) == 143, "".join(seen)
     [copy] = [p.name for p in target.iterdir() if p.name.endswith(".age")]
     assert seen[-1].strip() == f"aica-backup: interrupted: {copy} was copied to {target}", seen
+
+
+def test_a_pull_stopped_once_the_archive_is_in_place_names_it(big_app: App, tmp_path: Path) -> None:
+    """SIGTERM to ``offsite pull --decrypt`` just after the decrypted archive appeared in
+    backups/ (while the encrypted download is removed and the lock released): it said
+    "interrupted: nothing changed" with the new archive there."""
+    from aica_backup.crypto import generate_identity
+
+    app = big_app
+    if not app.archives("backup_*"):
+        app.run("backup", "--no-offsite")
+    app.run("prune", "--keep-last", "1")
+    [archive] = app.archives("backup_*")
+    identity = tmp_path / "id"
+    env = {**os.environ, "AICA_BACKUP_ENCRYPTION_RECIPIENTS": generate_identity(identity)}
+    target = tmp_path / "nas"
+    subprocess.run([*_argv(app, ("offsite", "push", str(target)))], env=env, check=True)
+    moved = tmp_path / archive.name
+    shutil.move(archive, moved)  # the pull brings it back
+    try:
+        proc = subprocess.Popen(
+            _argv(app, ("offsite", "pull", str(target), "--decrypt", "--identity", str(identity))),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_signals,
+        )
+        while proc.poll() is None and not archive.exists():
+            time.sleep(0.0005)
+        time.sleep(0.01)  # in place: the pull tidies up now
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=GRACE + 5)
+        assert archive.exists(), err
+        if proc.returncode == 143:
+            assert err.strip().splitlines()[-1] == (
+                f"aica-backup: interrupted: {archive.name} was downloaded into {app.backups}"
+            ), err
+        else:
+            assert proc.returncode == 0, err
+    finally:
+        if not archive.exists():
+            shutil.move(moved, archive)
