@@ -28,7 +28,7 @@ from aica_backup.crypto import (
     load_identities,
     parse_recipients,
 )
-from aica_backup.errors import AicaBackupError, CryptoError, UsageError
+from aica_backup.errors import AicaBackupError, ArchiveError, CryptoError, UsageError
 from aica_backup.fsutil import atomic_file
 from aica_backup.layout import Layout
 from aica_backup.offsite import LocalArchive, encrypted
@@ -116,10 +116,40 @@ def test_tampered_ciphertext_fails_cleanly() -> None:
     identity = pyrage.x25519.Identity.generate()
     sealed = bytearray(encrypt_bytes(os.urandom(200_000), [identity.to_public()]))
     sealed[len(sealed) // 2] ^= 0x01
-    with pytest.raises(CryptoError):
+    # Damage, not a key problem: the archive's fault (exit 6), which verify records.
+    with pytest.raises(ArchiveError):
         decrypt_bytes(bytes(sealed), [identity])
-    with pytest.raises(CryptoError):
+    with pytest.raises(ArchiveError):
         decrypt_bytes(bytes(sealed[: len(sealed) // 3]), [identity])  # truncated
+    with pytest.raises(CryptoError):  # a wrong key stays a key problem (exit 11)
+        decrypt_bytes(bytes(sealed), [pyrage.x25519.Identity.generate()])
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_a_damaged_encrypted_archive_fails_verification(
+    app: App, tmp_path: Path, where: str
+) -> None:
+    """A flipped byte in an ``.age`` archive's header ("Unknown age format.\nHave you tried
+    upgrading…", two lines) or payload was a key error (exit 11): verify --all recorded
+    nothing, so retention went on counting the damaged archive as a good backup."""
+    identity, recipient = new_identity(tmp_path, "id.txt")
+    (app.root / "aica-backup.toml").write_text(
+        f'[encryption]\nrecipients = ["{recipient}"]\nencrypt = "all"\n'
+    )
+    app.run("backup")
+    [archive] = app.archives()
+    data = bytearray(archive.read_bytes())
+    # In the header: the "-grease" stanza's tag (age adds one, of random length), after the
+    # recipient's stanza, whose damage could only say "no matching key".
+    header = data.find(b"-grease")
+    header = header if header >= 0 else data.index(b"\n--- ") + 6  # else: the header's MAC
+    data[header if where == "header" else len(data) // 2] ^= 0x40
+    archive.write_bytes(bytes(data))
+    proc = app.run("verify", "--all", "--identity", str(identity), check=False)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"FAILED  {archive.name}  encrypted archive is damaged"), proc
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
+    assert "FAILED" in app.run("list").stdout  # recorded: retention no longer counts it
 
 
 # -- whole archives ------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -357,3 +359,25 @@ def test_owned_temp_file_is_private_locked_and_removed(tmp_path: Path) -> None:
             os.close(fd)
         assert fsutil.remove_dead_temp_files(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_during_the_writable_check_leaves_no_probe_file(tmp_path: Path) -> None:
+    """kill -9 of a restore in its first checks left ``.tmp-probe.PID`` in the app root (and
+    in backend/ and public/), where no command ever removes it (issue 14.10; one of 20
+    random kills of a restore here). The probe has no name to leave. The child dies by
+    SIGKILL at the instant the probe is open, as if killed there."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from aica_backup import fsutil\n"
+        "real_close = os.close\n"
+        "def close(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.close = close\n"
+        "fsutil.check_writable_dir(Path(sys.argv[1]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(folder.iterdir()) == []

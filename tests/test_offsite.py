@@ -908,3 +908,59 @@ def test_replace_plaintext_leaves_a_corrupt_copy_and_replaces_the_others(tmp_pat
     assert states(nas) == {archives[0].name: True, archives[1].name + ".age": True}
     assert report.plaintext == [archives[0].name]
     assert no_temp_files(tmp_path)
+
+
+def test_a_copy_killed_on_a_folder_target_is_cleared_by_the_next_push(
+    app: App, tmp_path: Path
+) -> None:
+    """kill -9 of ``offsite push`` while it writes to a folder target left the full-size
+    ``.tmp-NAME.PID`` there for good: the next push copied NAME again beside it. A push of
+    NAME now removes what an earlier, dead push of NAME left."""
+    import signal
+
+    big = app.uploads / "big.bin"
+    big.write_bytes(os.urandom(80 << 20))
+    app.run("backup", "--no-offsite")
+    target = tmp_path / "nas"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aica_backup",
+            "--root",
+            str(app.root),
+            "offsite",
+            "push",
+            str(target),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if target.is_dir() and any(p.name.startswith(".tmp-") for p in target.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.0005)
+    proc.wait(timeout=60)
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the copy ended before it could be killed")
+    assert [p for p in target.iterdir() if p.name.startswith(".tmp-")]
+    app.run("offsite", "push", str(target))
+    assert not [p for p in target.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_target_folder_that_cannot_be_written_is_named_once(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted but read-only share: the error named the share three times ("SHARE: cannot
+    write SHARE/NAME: Read-only file system: SHARE/.tmp-NAME.PID")."""
+    from .support.fs import tmpfs
+
+    with tmpfs(tmp_path / "ro", "1m", readonly=True) as share:
+        monkeypatch.setenv("AICA_BACKUP_OFFSITE_TARGETS", str(share))
+        monkeypatch.setenv("AICA_BACKUP_OFFSITE_RETRIES", "0")
+        proc = app.run("backup", "--json", check=False)
+        assert proc.returncode == 1, proc.stderr
+        [line] = [ln for ln in proc.stderr.splitlines() if "offsite copy failed" in ln]
+        assert line.count(str(share)) == 1 and "Read-only file system" in line, line

@@ -481,10 +481,14 @@ def test_an_identical_tree_shows_no_change(app: App) -> None:
         got = uploads_change()
         assert (got["added"], got["changed"], got["removed"]) == (0, 0, 0), got
         assert (got["unchanged"], got["bytes_replaced"], got["largest"]) == (files, 0, []), got
+        got = changes()["config"]  # the confirm screen named it as replaced
+        assert (got["action"], got["largest"]) == ("unchanged", []), got
 
     assert_no_change()
     app.run("restore", str(archive), "--yes")
     assert_no_change()
+    got = changes()["database"]  # the very file the archive holds, since the restore
+    assert (got["action"], got["largest"]) == ("unchanged", []), got
     alice = app.uploads / "avatars" / "alice.png"
     data = bytearray(alice.read_bytes())
     data[0] ^= 0xFF
@@ -846,3 +850,37 @@ def test_a_failed_direct_write_fails_the_restore_and_changes_nothing(
     assert "disk is full" in err
     assert fingerprint(app) == state_b
     assert not (app.root / ".aica-restore").exists()
+
+
+@pytest.mark.parametrize("point", ["staged", "journal-saved"])
+def test_a_killed_target_restore_is_tidied_by_the_next_command(
+    app: App, tmp_path: Path, point: str
+) -> None:
+    """kill -9 of ``restore --target DIR`` left DIR/.aica-restore/ (an unpacked copy of the
+    app, secrets included, or a journal half done) that no later command in the app ever
+    removed or reported: list, doctor and backup looked only at the app. The next command
+    of the app finishes the target's restore and removes what it left (issue 14.10)."""
+    app.run("backup")
+    target = tmp_path / "drill"
+    env = {**os.environ, CRASH_ENV: point}
+    proc = app.run("restore", "--target", str(target), "--yes", check=False, env=env)
+    assert proc.returncode == -9, proc.stderr
+    assert (target / ".aica-restore").exists()
+    nxt = app.run("list")
+    assert "interrupted restore" in nxt.stderr
+    assert not (target / ".aica-restore").exists()
+    assert not [p for p in target.rglob("*") if p.name.startswith(".tmp-")]
+    app.run("list")  # and nothing is left to say
+    assert app.run("list").stderr == ""
+
+
+def test_a_failed_target_restore_leaves_no_new_folder(app: App, tmp_path: Path) -> None:
+    """restore --target into a new folder, refused (a truncated archive) or interrupted,
+    left the folder it made, empty: a failed command changes nothing."""
+    app.run("backup")
+    archive = app.archives()[-1]
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    target = tmp_path / "drill" / "new"
+    proc = app.run("restore", str(archive), "--target", str(target), "--yes", check=False)
+    assert proc.returncode == 6, proc.stderr
+    assert not (tmp_path / "drill").exists()

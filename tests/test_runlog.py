@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,3 +54,20 @@ def test_a_negative_wait_is_refused(app: App, args: list[str]) -> None:
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert "--wait" in proc.stderr
     assert not app.archives()
+
+
+def test_a_verify_that_could_not_run_is_logged(app: App, tmp_path: Path) -> None:
+    """verify of one encrypted archive without its key (exit 11; a full scratch disk is the
+    same path, exit 7) left no line in the run log: only verify --all logged such runs."""
+    from aica_backup.crypto import generate_identity
+
+    recipient = generate_identity(tmp_path / "id.txt")
+    (app.root / "aica-backup.toml").write_text(
+        f'[encryption]\nrecipients = ["{recipient}"]\nencrypt = "all"\n'
+    )
+    app.run("backup")
+    proc = app.run("verify", check=False)
+    assert proc.returncode == ExitCode.CRYPTO, proc.stderr
+    last = log_lines(app)[-1]
+    assert (last["operation"], last["outcome"]) == ("verify", "failed"), last
+    assert "identity" in last["error"], last

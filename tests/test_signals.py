@@ -413,3 +413,105 @@ def test_a_signal_in_a_deferred_block_is_raised_as_it_ends(stop_flag: threading.
         time.sleep(0.05)
     assert reached_end
     assert stop_flag.is_set()  # worker threads were told
+
+
+def test_a_signal_while_a_finished_command_exits_does_not_kill_it(app: App) -> None:
+    """SIGTERM just after a command printed its result, while Python exits: the command is
+    done, so its own code (0), never death by the signal. Python's exit puts the default
+    handlers back while it still unloads modules (tens of ms): -15 at every offset here."""
+    app.run("backup")
+    codes = []
+    for offset in (0.01, 0.02, 0.03, 0.04, 0.05):
+        proc = subprocess.Popen(
+            _argv(app, ("list", "--json")),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_default_signals,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the JSON is printed (and flushed) last: the command is done
+        time.sleep(offset)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        codes.append(proc.wait(timeout=GRACE + 5))
+    assert set(codes) <= {0, 143}, codes
+    assert 0 in codes, codes
+
+
+def test_a_push_stopped_after_a_copy_names_the_copy_it_made(big_app: App, tmp_path: Path) -> None:
+    """SIGTERM to an encrypting ``offsite push`` once the first copy is verified on the target:
+    the one line names that copy (it said "interrupted: nothing changed" with the copy there)."""
+    from aica_backup.crypto import generate_identity
+
+    app = big_app
+    while len(app.archives("backup_*")) < 2:
+        app.run("backup", "--no-offsite")
+    app.run("prune", "--keep-last", "2")
+    target = tmp_path / "nas"
+    env = {**os.environ, "AICA_BACKUP_ENCRYPTION_RECIPIENTS": generate_identity(tmp_path / "id")}
+    proc = subprocess.Popen(
+        _argv(app, ("offsite", "push", str(target))),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        preexec_fn=_default_signals,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # the second archive is being encrypted (seconds) after this
+        seen.append(line)
+        if "copied and verified" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    seen += proc.stderr.readlines()
+    assert proc.wait(timeout=GRACE + 5) == 143, "".join(seen)
+    [copy] = [p.name for p in target.iterdir() if p.name.endswith(".age")]
+    assert seen[-1].strip() == f"aica-backup: interrupted: {copy} was copied to {target}", seen
+
+
+def test_a_pull_stopped_once_the_archive_is_in_place_names_it(big_app: App, tmp_path: Path) -> None:
+    """SIGTERM to ``offsite pull --decrypt`` just after the decrypted archive appeared in
+    backups/ (while the encrypted download is removed and the lock released): it said
+    "interrupted: nothing changed" with the new archive there."""
+    from aica_backup.crypto import generate_identity
+
+    app = big_app
+    if not app.archives("backup_*"):
+        app.run("backup", "--no-offsite")
+    app.run("prune", "--keep-last", "1")
+    [archive] = app.archives("backup_*")
+    identity = tmp_path / "id"
+    env = {**os.environ, "AICA_BACKUP_ENCRYPTION_RECIPIENTS": generate_identity(identity)}
+    target = tmp_path / "nas"
+    subprocess.run([*_argv(app, ("offsite", "push", str(target)))], env=env, check=True)
+    moved = tmp_path / archive.name
+    shutil.move(archive, moved)  # the pull brings it back
+    try:
+        proc = subprocess.Popen(
+            _argv(app, ("offsite", "pull", str(target), "--decrypt", "--identity", str(identity))),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_signals,
+        )
+        while proc.poll() is None and not archive.exists():
+            time.sleep(0.0005)
+        time.sleep(0.01)  # in place: the pull tidies up now
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=GRACE + 5)
+        assert archive.exists(), err
+        if proc.returncode == 143:
+            assert err.strip().splitlines()[-1] == (
+                f"aica-backup: interrupted: {archive.name} was downloaded into {app.backups}"
+            ), err
+        else:
+            assert proc.returncode == 0, err
+    finally:
+        if not archive.exists():
+            shutil.move(moved, archive)

@@ -429,3 +429,51 @@ def test_backup_skips_what_restore_could_not_create_and_says_so(app: App, tmp_pa
         assert (app.uploads / "/".join(["d"] * 1500)).is_dir()
     finally:  # pytest's own clean-up of tmp_path recurses once per level
         discard_tree(app.root)
+
+
+def test_a_backup_whose_verify_could_not_run_does_not_push_good_backups_out(
+    tmp_path: Path,
+) -> None:
+    """Issue 14.1: ``backup --verify`` on a disk with room for the archive but not for its
+    check. The new archive is neither verified nor freshly checked, so retention must not
+    delete verified archives in its favour (it removed two of the three, keep_last = 2)."""
+    with tmpfs(tmp_path / "disk", "160m") as disk:
+        app = make_app(disk / "app", rows=2000)
+        (app.root / "aica-backup.toml").write_text("[retention]\nkeep_last = 2\n")
+        for _ in range(2):
+            app.run("backup", "--verify")
+        good = [p.name for p in app.archives()]
+        _fill(disk, 30 << 20)
+
+        proc = app.run("backup", "--verify", check=False)
+        assert proc.returncode == 7, proc.stdout + proc.stderr
+        assert "could not be verified: not enough free space to check" in proc.stderr
+        assert "Removed by retention" not in proc.stdout
+        assert set(good) < {p.name for p in app.archives()}
+
+
+def test_a_killed_verify_leaves_no_scratch_folder(app: App) -> None:
+    """kill -9 of verify left ``.aica-backup/.tmp-verify-PID/`` (the archive's database
+    unpacked in it) for good: no command removed a dead verify's folder. The next command
+    does."""
+    (app.uploads / "big.bin").write_bytes(os.urandom(60 << 20))
+    app.run("backup")
+    meta = app.backups / ".aica-backup"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aica_backup", "--root", str(app.root), "verify"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".tmp-verify-") for p in meta.iterdir()):
+            time.sleep(0.05)  # into the archive: the database is unpacked first
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.0005)
+    proc.wait(timeout=60)
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("verify ended before it could be killed")
+    assert [p for p in meta.iterdir() if p.name.startswith(".tmp-verify-")]
+    nxt = app.run("list")
+    assert not [p for p in meta.iterdir() if p.name.startswith(".tmp-verify-")], nxt.stderr

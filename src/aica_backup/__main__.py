@@ -7,6 +7,7 @@ is most of a command's start-up, and a signal during it printed Python's traceba
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from . import interrupt
@@ -29,6 +30,10 @@ def main() -> None:
     finally:
         interrupt.settle()
     if interrupt.received() is None or not isinstance(code, int):
+        # Python's exit puts the default handlers back (signal's finalization) while it still
+        # unloads modules for tens of ms: a SIGTERM then killed the done command (-15, not its
+        # code). Held back from here, a late signal dies with the process, unraised.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         sys.exit(code)
     # Stopped, and cleaned up: exit with the code now. CPython makes a process whose Ctrl-C
     # interrupted an exec() of a string (dataclasses make their methods so, while the tool is

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CryptoError, UsageError
+from .errors import AicaBackupError, ArchiveError, CryptoError, UsageError
 from .fsutil import PRIVATE_FILE, atomic_file, atomic_write_bytes
 
 
@@ -147,7 +147,7 @@ def decrypting_reader(raw: IO[bytes], identities: Sequence[Any]) -> Iterator[IO[
         worker.join()
         # A decryption failure ends the plaintext early, so the reader's complaint (a
         # truncated tar) is only its symptom: report the cause.
-        if isinstance(worker.error, pyrage.DecryptError):
+        if worker.error is not None and _is_decrypt_error(worker.error):
             raise _decrypt_error(worker.error) from None
         raise
     reader.close()
@@ -168,8 +168,20 @@ def decrypt_file(src: Path, dest: Path, identities: Sequence[Any]) -> None:
         shutil.copyfileobj(plain, out, 1 << 20)
 
 
-def _decrypt_error(exc: BaseException) -> CryptoError:
+def _is_decrypt_error(exc: BaseException | None) -> bool:
+    """Whether age failed on the stream itself (header or payload), not on reading it."""
+    return isinstance(exc, _pyrage().DecryptError) or (
+        isinstance(exc, OSError) and str(exc) == "decryption error"  # a payload MAC failed
+    )
+
+
+def _decrypt_error(exc: BaseException) -> AicaBackupError:
+    """A wrong key is a key problem (exit 11); any other failure of age is the archive's
+    damage (exit 6), which verify records, as for a damaged plain archive."""
     text = str(exc)
     if "No matching keys" in text:
         return CryptoError("wrong identity: none of the given keys can decrypt this archive")
-    return CryptoError(f"cannot decrypt archive: {text}")
+    if not _is_decrypt_error(exc):
+        return CryptoError(f"cannot decrypt archive: {text}")
+    reason = text.splitlines()[0].rstrip(".") if text else "unreadable"
+    return ArchiveError(f"encrypted archive is damaged or truncated: {reason}")

@@ -353,9 +353,20 @@ def nearest_existing(path: Path) -> Path:
 
 
 def check_writable_dir(path: Path) -> None:
-    """Raise StorageError unless a file can be created in ``path`` (read-only mounts included)."""
-    probe = path / f"{TMP_PREFIX}probe.{os.getpid()}"
+    """Raise StorageError unless a file can be created in ``path`` (read-only mounts included).
+
+    The probe is an unnamed file (``O_TMPFILE``): a ``kill -9`` during the check leaves
+    nothing in the folder (a named probe stayed in the app root, which no command cleans).
+    A file system without unnamed files gets a named probe.
+    """
     try:
+        try:
+            os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY, PRIVATE_FILE))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        probe = path / f"{TMP_PREFIX}probe.{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         os.close(fd)
         probe.unlink()

@@ -72,6 +72,12 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     raise _exception(signum)
 
 
+def keep(note: str) -> None:
+    """Record what this process made that stays however it is stopped from now on (a copy
+    finished on a target), for the one line a stopped command says. Any thread may call it."""
+    _kept.append(note)
+
+
 def kept() -> list[str]:
     """What this process made that stays if it is stopped now (say it when stopping)."""
     return list(_kept)

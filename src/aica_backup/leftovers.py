@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import sqlite3
@@ -28,11 +29,21 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .errors import AicaBackupError, LockedError
-from .fsutil import PRIVATE_DIR, TMP_PREFIX, discard_tree, fsync_dir, remove_dead_temp_files
+from .fsutil import (
+    PRIVATE_DIR,
+    TMP_PREFIX,
+    atomic_write_bytes,
+    discard_tree,
+    ensure_private_dir,
+    fsync_dir,
+    remove_dead_temp_files,
+)
 from .journal import JOURNAL_NAME, Journal
 from .layout import Layout
 from .lock import exclusive_lock
 
+# The scratch folder of a verify (verify.verify_archive): the archive's database unpacked.
+_VERIFY_SCRATCH = re.compile(re.escape(TMP_PREFIX) + r"verify-(?P<pid>\d+)")
 # <UTC stamp>-<pid>: the name restore gives its staging folder.
 _STAGING = re.compile(r"(?P<stamp>\d{8}T\d{6})-(?P<pid>\d+)")
 _STAMP = "%Y%m%dT%H%M%S"
@@ -57,6 +68,40 @@ def staging_folder(path: Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+# Where the app remembers the folders that a ``restore --target`` is working in.
+_TARGETS = "target-restores"
+
+
+@contextlib.contextmanager
+def restoring_into(meta_dir: Path, target: Path) -> Iterator[None]:
+    """Record in the app's ``meta_dir``, while the block runs, that a restore works in
+    ``target`` (``--target``): a kill -9 leaves its staging or journal there, out of sight of
+    every later command of the app but for this record (:func:`interrupted_targets`)."""
+    record = ensure_private_dir(meta_dir / _TARGETS) / hashlib.sha256(bytes(target)).hexdigest()
+    atomic_write_bytes(record, bytes(target))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            record.unlink()
+
+
+def interrupted_targets(meta_dir: Path) -> list[tuple[Path, Path]]:
+    """(record, target folder) of each ``--target`` restore that did not end (killed, or
+    running now): the caller finishes it under the lock, then drops the record."""
+    try:
+        records = sorted((meta_dir / _TARGETS).iterdir())
+    except OSError:  # none, or a folder this user may not read (doctor names it)
+        return []
+    found: list[tuple[Path, Path]] = []
+    for record in records:
+        if record.name.startswith(TMP_PREFIX):
+            continue  # a record being written: the temp-file cleanup's
+        with contextlib.suppress(OSError):
+            found.append((record, Path(os.fsdecode(record.read_bytes()))))
+    return found
 
 
 @dataclass(frozen=True)
@@ -221,6 +266,25 @@ def _backup_temp_files(layout: Layout) -> bool:
     return False
 
 
+def _remove_dead_verify_folders(meta_dir: Path) -> list[str]:
+    """Remove the scratch folders of verify runs that died (kill -9): each holds a copy of
+    an archive's database. A folder whose pid runs (or was reused) is left alone."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(meta_dir))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _VERIFY_SCRATCH.fullmatch(e.name)
+        if m is None or not e.is_dir(follow_symlinks=False) or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):  # not this user's to remove: kept
+            discard_tree(Path(e.path))
+        if not os.path.lexists(e.path):
+            removed.append(e.path)
+    return removed
+
+
 @dataclass
 class Cleaned:
     """What :func:`clean` removed, and what it found but had to leave."""
@@ -239,6 +303,7 @@ def clean(layout: Layout) -> Cleaned:
     removed: list[str] = []
     for folder in _backup_folders(layout):  # e.g. the encrypted copy of a killed push
         removed += [str(folder / name) for name in remove_dead_temp_files(folder)]
+    removed += _remove_dead_verify_folders(layout.meta_dir)
     if not layout.restore_dir.exists():  # the one cost while no restore was interrupted
         return Cleaned(removed, [])
     removed_items, kept = remove_dead(layout.restore_dir)

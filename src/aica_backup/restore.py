@@ -72,7 +72,7 @@ class Change:
     """What a restore does to one component."""
 
     component: Component
-    action: str  # replace, create, remove, keep (not in archive / not selected)
+    action: str  # replace, create, remove, unchanged (same bytes), keep (absent / not selected)
     current: str
     archive: str
     details: dict[str, int] = field(default_factory=dict)
@@ -256,14 +256,18 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
             record = staged.manifest.member(info.path)
             size = live.stat().st_size if live.is_file() else None
             replaced = [(layout.relpath(comp), size, "replaced")] if size is not None else []
+            # The archive's very bytes already live there: nothing is replaced (issue 14.11).
+            same = (
+                size is not None and record is not None and _same_content(live, live.stat(), record)
+            )
             changes.append(
                 Change(
                     comp,
-                    "replace" if live.exists() else "create",
+                    "unchanged" if same else "replace" if live.exists() else "create",
                     current,
                     # The manifest's record: the staged copy has the unpack time until the swap.
                     _described(record.size, record.mtime) if record else "absent",
-                    largest=replaced,
+                    largest=[] if same else replaced,
                 )
             )
     return changes
@@ -370,12 +374,29 @@ def restore(
     with the live state is known, before anything live is touched; raising from it cancels
     the restore (nothing changed, the staging removed). Not called for a dry run.
     """
-    _preflight(layout, archive, options.only)
-    if not options.dry_run and not options.stop_command:
-        appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
-    # Held by this process while it lives: the next command removes it only once it is dead.
-    with staging_folder(_work_dir(layout)) as work:
-        return _transaction(layout, archive, options, work, progress, confirm)
+    existing = nearest_existing(layout.root)  # a --target folder may be new: made here
+    try:
+        _preflight(layout, archive, options.only)
+        if not options.dry_run and not options.stop_command:
+            appctl.refuse_if_held(layout.database_path)  # fail fast, before minutes of unpacking
+        # Held by this process while it lives: the next command removes it only once it is dead.
+        with staging_folder(_work_dir(layout)) as work:
+            return _transaction(layout, archive, options, work, progress, confirm)
+    except BaseException:
+        _remove_made_folders(layout.root, existing)  # a failed restore changes nothing
+        raise
+
+
+def _remove_made_folders(root: Path, existing: Path) -> None:
+    """Remove ``root`` and its parents up to ``existing`` (excluded), as long as they are
+    empty: the folders a failed restore into a new target made."""
+    folder = root
+    while folder != existing and existing in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or not ours to remove): kept
+        folder = folder.parent
 
 
 def _transaction(

@@ -91,6 +91,7 @@ def run_backup_job(
         problems: list[str] = list(result.problems)
         if problems:
             code = ExitCode.WARNING
+        unchecked = False  # asked to verify the new archive, and the check could not run
         if verify or s.backup.verify:
             from .verify import verify_and_record
 
@@ -106,7 +107,12 @@ def run_backup_job(
             except AicaBackupError as exc:  # could not check it (space, key): not its fault
                 problems.append(f"archive {result.name} could not be verified: {exc}")
                 code = max(code, exc.exit_code)
-        if apply_retention:
+                unchecked = True
+        if apply_retention and unchecked:
+            # Retention would count the new archive as good on the strength of a check that
+            # did not finish and push verified ones out: it waits for a run that can check.
+            problems.append("retention skipped: the new archive could not be verified")
+        elif apply_retention:
             try:
                 decision = prune(
                     Catalog(layout.backups_dir), s.retention.policy(), datetime.now(UTC)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from ..errors import AicaBackupError
+from ..errors import AicaBackupError, LockedError
 from ..journal import find_journal, recover
-from ..layout import RESTORE_DIRNAME
+from ..layout import RESTORE_DIRNAME, Layout
 from ..lock import exclusive_lock
 from .common import JSON_OPTION, emit_json, globals_of, out, settings, warn
 
@@ -52,16 +52,39 @@ def finish_interrupted_runs(ctx: typer.Context, *, recover_journal: bool = True)
     if recover_journal and restore_dir.exists() and find_journal(restore_dir) is not None:
         report = _recover(ctx)
         if report is not None:
-            warn(
-                f"an interrupted restore of {report['archive']} was found and {report['outcome']}"
-            )
+            warn(f"an interrupted restore of {report['archive']} was found and {report['outcome']}")
     try:
-        cleaned = clean(settings(ctx).layout())
+        layout = settings(ctx).layout()
+        cleaned = clean(layout)
     except AicaBackupError:
         return  # a bad configuration or app root: the command itself says so
+    _finish_target_restores(layout.meta_dir, layout)
     if cleaned.removed:
         names = ", ".join(Path(p).name for p in cleaned.removed)
         warn(f"removed what an interrupted restore or offsite copy left: {names}")
+
+
+def _finish_target_restores(meta_dir: Path, layout: Layout) -> None:
+    """Finish or roll back each ``restore --target`` that was killed, and remove what it left
+    in its target (staging: a copy of the app, secrets included); skipped while a restore
+    runs (it holds the lock)."""
+    from ..leftovers import interrupted_targets
+
+    for record, target in interrupted_targets(meta_dir):
+        # Only now: the restore command's imports (psutil reads /proc/stat, which a hardened
+        # unit does not offer) are for when a target restore was interrupted.
+        from .restore import finish_interrupted
+
+        try:
+            with exclusive_lock(meta_dir, "cleanup"):
+                finish_interrupted(layout.with_root(target))
+        except LockedError:
+            return
+        except (AicaBackupError, OSError) as exc:  # that folder's problem, not this command's
+            warn(f"could not finish an interrupted restore into {target}: {exc}")
+            continue
+        if not (target / RESTORE_DIRNAME).exists():
+            record.unlink(missing_ok=True)
 
 
 def command(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import AbortedError, AicaBackupError, UsageError
 from ..journal import recover
 from ..layout import COMPONENT_ORDER, Component, Layout
-from ..leftovers import release_empty_wal, remove_dead
+from ..leftovers import release_empty_wal, remove_dead, restoring_into
 from ..lock import exclusive_lock
 from ..restore import LARGEST, Change, RestoreOptions, RestoreResult, restore
 from . import reporting
@@ -234,9 +234,14 @@ def command(
     facts: dict[str, Any] = {"archive": path.name, "root": str(layout.root)}
     facts["only"] = sorted(selected) if only else "all"
     try:
-        with exclusive_lock(s.layout().meta_dir, "restore", wait), contextlib.ExitStack() as bar:
-            if target is not None:  # no other command looks into a target: this one tidies it
-                _finish_interrupted(layout)
+        with (
+            exclusive_lock(s.layout().meta_dir, "restore", wait),
+            contextlib.ExitStack() as held,
+            contextlib.ExitStack() as bar,
+        ):
+            if target is not None:  # a killed restore there is finished first, and one
+                finish_interrupted(layout)  # killed now is found by the app's next command
+                held.enter_context(restoring_into(s.layout().meta_dir, layout.root))
             update = bar.enter_context(progress_bar("restore", not json_out))
             done = 0
 
@@ -277,7 +282,7 @@ def command(
         )
 
 
-def _finish_interrupted(layout: Layout) -> None:
+def finish_interrupted(layout: Layout) -> None:
     """Roll back or complete a restore into ``layout`` that was killed, remove what it left."""
     done = recover(layout.restore_dir)
     if done is not None:

@@ -41,6 +41,41 @@ def verify_and_record(s: Settings, name: str, identity: Path | None = None) -> d
     return report
 
 
+def _verify_each(
+    s: Settings,
+    names: list[str],
+    outside: Path | None,
+    identity: Path | None,
+    reports: list[dict[str, Any]],
+    json_out: bool,
+) -> None:
+    """Verify ``outside`` (an archive elsewhere) and each named archive, into ``reports``."""
+    with progress_bar("verify", not json_out) as update:
+        if update is not None:
+            update(0, 0, "reading")
+        if outside is not None:
+            reports.append(
+                verify_archive(
+                    outside,
+                    s.layout().meta_dir,
+                    identities=identities_for(s, outside, identity),
+                    check=s.restore.check,
+                    app_name=s.layout().app_name,
+                )
+            )
+        for name in names:
+            try:
+                reports.append(verify_and_record(s, name, identity))
+            except AicaBackupError as exc:
+                if len(names) == 1:
+                    raise
+                # The machine's fault (a full disk, a missing key), not the archive's: said
+                # for this archive, recorded nowhere, and the others are still checked.
+                reports.append(
+                    {"archive": name, "ok": False, "error": str(exc), "code": int(exc.exit_code)}
+                )
+
+
 def command(
     ctx: typer.Context,
     archive: Annotated[str | None, typer.Argument(help="Archive path or name.")] = None,
@@ -70,30 +105,12 @@ def command(
                 f"no backups in {catalog.backups_dir}", hint="make one with: ./scripts/backup.sh"
             )
     reports: list[dict[str, Any]] = []
-    with progress_bar("verify", not json_out) as update:
-        if update is not None:
-            update(0, 0, "reading")
-        if outside is not None:
-            reports.append(
-                verify_archive(
-                    outside,
-                    s.layout().meta_dir,
-                    identities=identities_for(s, outside, identity),
-                    check=s.restore.check,
-                    app_name=s.layout().app_name,
-                )
-            )
-        for name in names:
-            try:
-                reports.append(verify_and_record(s, name, identity))
-            except AicaBackupError as exc:
-                if len(names) == 1:
-                    raise
-                # The machine's fault (a full disk, a missing key), not the archive's: said
-                # for this archive, recorded nowhere, and the others are still checked.
-                reports.append(
-                    {"archive": name, "ok": False, "error": str(exc), "code": int(exc.exit_code)}
-                )
+    try:
+        _verify_each(s, names, outside, identity, reports, json_out)
+    except AicaBackupError as exc:  # could not check (no key, no space): logged as backup is
+        facts = {"archives": len(names) + (outside is not None), "error": str(exc)}
+        reporting.finished(s, "verify", ok=False, facts=facts, notify=False)
+        raise
     failed = [r for r in reports if not r["ok"] and "error" not in r]
     errors = [r for r in reports if "error" in r]
     incomplete = [r for r in reports if r["ok"] and r.get("skipped")]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+from .. import interrupt
 from ..catalog import ArchiveName, parse_name, sha256_file
 from ..codec import ENCRYPTED_SUFFIX
 from ..errors import ArchiveError, StorageError, UsageError
@@ -325,9 +326,11 @@ def fetch(
         needed = info.size * (2 if decrypt else 1)
         if free_bytes(dest_dir) < needed:
             raise StorageError(f"not enough free space in {dest_dir} for {name} ({needed} bytes)")
+        # Once in place, a stopped command says it was downloaded ("nothing changed" was untrue).
         if not decrypt:
             with atomic_file(dest) as fh:
                 _download(storage, name, sha256, size, fh)
+            interrupt.keep(f"{dest.name} was downloaded into {dest_dir}")
             return dest
         from ..crypto import decrypt_file
 
@@ -335,6 +338,7 @@ def fetch(
             with open(tmp, "wb") as fh:
                 _download(storage, name, sha256, size, fh)
             decrypt_file(tmp, dest, identities or [])
+            interrupt.keep(f"{dest.name} was downloaded into {dest_dir}")
     except OSError as exc:
         raise storage_error(f"cannot write {dest}", exc) from exc
     return dest

@@ -216,6 +216,8 @@ def sync(
                         )
                         if copy is not None:
                             reports[i].pushed.append(copy.name)
+                            # A stopped push says what it made ("nothing changed" was untrue).
+                            interrupt.keep(f"{copy.name} was copied to {targets[i].label}")
                             say(
                                 f"{targets[i].label}: {copy.name} copied and verified "
                                 f"({time.monotonic() - started:.1f} s)"

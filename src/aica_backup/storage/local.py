@@ -7,6 +7,7 @@ valid name. Files are 0600 and the folder 0700, like the local backups folder.
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import interrupt
 from ..errors import StorageError, UsageError
-from ..fsutil import PRIVATE_DIR, atomic_file, fsync_dir, storage_error
+from ..fsutil import PRIVATE_DIR, TMP_PREFIX, atomic_file, fsync_dir, storage_error
 from .base import AccessError, NotFoundError, ObjectInfo, check_name, is_valid_name
 
 BUFFER = 1 << 20
@@ -43,6 +44,12 @@ class LocalStorage:
             path = (base or Path.cwd()) / path
         return cls(path)
 
+    def _failed(self, what: str, exc: OSError) -> StorageError:
+        """``LOCATION: what: reason``: the target named once, first (as offsite's messages
+        expect), not again in the middle and in the file name."""
+        hint = storage_error(what, exc).hint
+        return StorageError(f"{self.location}: {what}: {exc.strerror or exc}", hint=hint)
+
     def _ensure_folder(self) -> None:
         # Only the last level is created: if the NAS is not mounted, its mount point's parent
         # exists but the share's folder does not, and silently creating it on the local disk
@@ -55,18 +62,27 @@ class LocalStorage:
                 hint="is the NAS or disk mounted? create the folder once by hand to confirm",
             ) from None
         except OSError as exc:
-            raise storage_error(f"cannot create folder {self.location}", exc) from exc
+            raise self._failed("cannot create the folder", exc) from exc
 
     def put(self, name: str, src: Path) -> None:
         target = self.folder / check_name(name)
         self._ensure_folder()
         try:
+            # What an earlier push of this very object left when it was killed (atomic_file's
+            # NAME.PID; a full-size copy that nothing else would ever remove).
+            for stale in self.folder.glob(f"{TMP_PREFIX}{glob.escape(name)}.*"):
+                if stale.name.rpartition(".")[2].isdigit():
+                    stale.unlink(missing_ok=True)
             with open(src, "rb") as fin, atomic_file(target) as fout:
                 while chunk := fin.read(BUFFER):
                     interrupt.check()  # a copy in a worker thread stops with the command
                     fout.write(chunk)
+        except StorageError as exc:  # atomic_file's, naming its paths: said as the others
+            if not isinstance(exc.__cause__, OSError):
+                raise
+            raise self._failed(f"cannot copy {src.name}", exc.__cause__) from exc.__cause__
         except OSError as exc:
-            raise storage_error(f"cannot copy {src.name} to {self.location}", exc) from exc
+            raise self._failed(f"cannot copy {src.name}", exc) from exc
 
     def get(self, name: str, dest: IO[bytes]) -> None:
         """Copy the file into ``dest``; errors writing ``dest`` propagate as they are."""
@@ -75,13 +91,13 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFoundError(f"{self.location}: no object named {name}") from None
         except OSError as exc:
-            raise storage_error(f"cannot read {name} from {self.location}", exc) from exc
+            raise self._failed(f"cannot read {name}", exc) from exc
         with fin:
             while True:
                 try:
                     chunk = fin.read(BUFFER)
                 except OSError as exc:
-                    raise storage_error(f"cannot read {name} from {self.location}", exc) from exc
+                    raise self._failed(f"cannot read {name}", exc) from exc
                 if not chunk:
                     break
                 interrupt.check()
@@ -94,7 +110,7 @@ class LocalStorage:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise storage_error(f"cannot list {self.location}", exc) from exc
+            raise self._failed("cannot list", exc) from exc
         for e in entries:
             if not is_valid_name(e.name):
                 continue  # temp files of a copy in progress, and foreign files
@@ -113,7 +129,7 @@ class LocalStorage:
         except FileNotFoundError:
             return  # the folder itself is gone: so is the object
         except OSError as exc:
-            raise storage_error(f"cannot delete {name} from {self.location}", exc) from exc
+            raise self._failed(f"cannot delete {name}", exc) from exc
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
@@ -121,7 +137,7 @@ class LocalStorage:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise storage_error(f"cannot access {name} in {self.location}", exc) from exc
+            raise self._failed(f"cannot access {name}", exc) from exc
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(f"{self.location}/{name} is not a regular file")
         return _info(name, st)
