@@ -643,6 +643,44 @@ def test_sigkill_while_writing_leaves_no_partial_archive(app: App) -> None:
     assert any(f"dead pid {killed_pid}" in n for n in notes), notes
 
 
+@pytest.mark.parametrize("next_command", ["list", "verify", "doctor"])
+def test_any_next_command_removes_what_a_killed_backup_left(app: App, next_command: str) -> None:
+    """kill -9 of a backup while it writes leaves its temp archive (full size) and its
+    database snapshot; the next command, whatever it is, removes them (not only the next
+    backup), while the dead run's lock record is left for the next backup to report."""
+    app.run("backup")
+    before = digests(app)
+    fill_uploads(app, 64)
+    with backup_process(app) as proc:
+        stop_while_writing(app, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert leftovers(app)  # the temp archive and the snapshot
+    proc2 = app.run(next_command, check=False)
+    assert "Traceback" not in proc2.stderr
+    assert leftovers(app) == [], proc2.stderr
+    assert digests(app) == before  # the good archive untouched
+    assert "removed what an interrupted" in proc2.stderr
+    notes = json.loads(app.run("backup", "--json").stdout)["notes"]
+    assert any("dead pid" in n for n in notes), notes
+
+
+def test_a_running_backup_keeps_its_temp_files_while_other_commands_start(app: App) -> None:
+    """The start-up cleanup never touches the temp files of a backup that is running (it
+    holds the lock): a `list` while a backup is frozen mid-write leaves them, and the
+    backup then completes."""
+    fill_uploads(app, 64)
+    with backup_process(app) as proc:
+        stop_while_writing(app, proc)
+        held = leftovers(app)
+        app.run("list")
+        assert leftovers(app) == held
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert leftovers(app) == [] and len(digests(app)) == 1
+
+
 def test_two_backups_at_once(app: App) -> None:
     """One runs; a second fails at once naming it; with --wait a third waits and succeeds."""
     fill_uploads(app, 64)

@@ -26,6 +26,7 @@ from .fsutil import (
     ensure_private_dir,
     fsync_dir,
     storage_error,
+    temp_owner_alive,
 )
 from .retention import Candidate, Decision, Policy, apply_policy
 
@@ -264,14 +265,21 @@ class Catalog:
         fsync_dir(self.backups_dir)
 
     def clean_leftovers(self) -> list[str]:
-        """Remove temp files of crashed runs and index entries without an archive (under lock)."""
+        """Remove temp files of crashed runs and index entries without an archive (under lock).
+
+        A temp file named with a live pid is left alone: commands that do not take the lock
+        (verify recording its result) write their index entries through such files."""
         removed: list[str] = []
         # OSError: a folder or file this user may not touch (doctor names it) must not stop
         # the backup that runs after this clean-up
         for folder in (self.backups_dir, self.backups_dir / ".aica-backup", self.index_dir):
             with contextlib.suppress(OSError):
                 for p in folder.iterdir():
-                    if p.name.startswith(TMP_PREFIX) and p.is_file():
+                    if (
+                        p.name.startswith(TMP_PREFIX)
+                        and p.is_file()
+                        and not temp_owner_alive(p.name)
+                    ):
                         p.unlink()
                         removed.append(p.name)
         with contextlib.suppress(OSError):

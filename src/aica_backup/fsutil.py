@@ -171,6 +171,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def temp_owner_alive(name: str) -> bool:
+    """Whether a temp file's name carries the pid of a live process (:func:`owned_temp_file`,
+    :func:`atomic_file`): such a file may be in use by a run that does not take the lock."""
+    m = _OWNED_TEMP.match(name)
+    return m is not None and _alive(int(m[1]))
+
+
 def remove_dead_temp_files(folder: Path) -> list[str]:
     """Remove the temp files in ``folder`` whose owning process is dead; return their names.
 

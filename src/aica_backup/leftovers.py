@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .catalog import Catalog
-from .errors import AicaBackupError, LockedError
+from .errors import AicaBackupError
 from .fsutil import (
     PRIVATE_DIR,
     TMP_PREFIX,
@@ -40,7 +40,7 @@ from .fsutil import (
 )
 from .journal import JOURNAL_NAME, Journal
 from .layout import Layout
-from .lock import exclusive_lock
+from .lock import idle_lock
 
 # The scratch folder of a verify (verify.verify_archive): the archive's database unpacked.
 _VERIFY_SCRATCH = re.compile(re.escape(TMP_PREFIX) + r"verify-(?P<pid>\d+)")
@@ -295,25 +295,23 @@ class Cleaned:
 
 def clean(layout: Layout) -> Cleaned:
     """Remove what interrupted runs left in ``layout``: temp files of dead processes in the
-    backups folder (an interrupted offsite copy's), and, where a restore was interrupted
-    (``.aica-restore/`` exists), its staging and temp files, the safety backup's temp files
-    (under the lock, when no one holds it) and an empty ``-wal``/``-shm`` beside the live
-    database. Call after any journal is recovered.
+    backups folder (an interrupted offsite copy's, a verify's scratch folder), the temp files
+    of a killed backup or safety backup (while no one holds the lock), and, where a restore
+    was interrupted (``.aica-restore/`` exists), its staging and temp files and an empty
+    ``-wal``/``-shm`` beside the live database. Call after any journal is recovered.
     """
     removed: list[str] = []
     for folder in _backup_folders(layout):  # e.g. the encrypted copy of a killed push
         removed += [str(folder / name) for name in remove_dead_temp_files(folder)]
     removed += _remove_dead_verify_folders(layout.meta_dir)
+    if _backup_temp_files(layout):  # a killed backup's archive and snapshot, for instance
+        with idle_lock(layout.meta_dir) as idle:
+            if idle:  # else a backup or restore runs: its temp files are its own
+                removed += Catalog(layout.backups_dir).clean_leftovers()
     if not layout.restore_dir.exists():  # the one cost while no restore was interrupted
         return Cleaned(removed, [])
     removed_items, kept = remove_dead(layout.restore_dir)
     removed += [str(i.path) for i in removed_items]
-    if _backup_temp_files(layout):
-        try:
-            with exclusive_lock(layout.meta_dir, "cleanup"):
-                removed += Catalog(layout.backups_dir).clean_leftovers()
-        except LockedError:
-            pass  # a backup or restore runs: its temp files are its own
     if release_empty_wal(layout.database_path):
         removed.append(f"{layout.database_path.name}-wal")
     return Cleaned(removed, kept)

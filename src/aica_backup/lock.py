@@ -83,6 +83,24 @@ def exclusive_lock(meta_dir: Path, operation: str, wait: float = 0.0) -> Iterato
         lock.release()
 
 
+@contextlib.contextmanager
+def idle_lock(meta_dir: Path) -> Iterator[bool]:
+    """Take the lock for a moment's housekeeping only if nobody holds it: yield whether it was
+    taken. Unlike :func:`exclusive_lock` it never waits, writes no holder record and leaves
+    a dead holder's record for the next operation to report."""
+    lock = filelock.FileLock(meta_dir / "lock", mode=PRIVATE_FILE, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except (filelock.Timeout, OSError):  # busy, or a lock file this user may not open
+        yield False
+        return
+    try:
+        adopt_owner(meta_dir / "lock")
+        yield True
+    finally:
+        lock.release()
+
+
 def _alive(pid: int, host: object) -> bool:
     if host not in (None, socket.gethostname()):
         return True  # another machine's process: we cannot tell, so assume it lives
