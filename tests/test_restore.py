@@ -12,6 +12,7 @@ import pty
 import select
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 
 from aica_backup import fsutil
+from aica_backup.errors import ExitCode
 from aica_backup.journal import CRASH_ENV
 from tests.support.app import SECRET, App, make_app
+from tests.support.fs import permissions_enforced
 
 CRASH_POINTS = [
     # Before the journal exists: staging, the safety backup's snapshot (the live database
@@ -884,3 +887,78 @@ def test_a_failed_target_restore_leaves_no_new_folder(app: App, tmp_path: Path) 
     proc = app.run("restore", str(archive), "--target", str(target), "--yes", check=False)
     assert proc.returncode == 6, proc.stderr
     assert not (tmp_path / "drill").exists()
+
+
+# -- an incomplete archive: the uploads the backup could not read are kept ------------------
+
+KEPT = ("avatars/alice.png", "docs/nested")  # an unreadable file, an unreadable folder
+
+
+@pytest.fixture
+def incomplete(app: App) -> tuple[App, Path, dict[str, object], dict[str, object]]:
+    """A backup that could not read one upload file and one folder (run without the
+    capabilities that bypass file modes), then the app moved on: rows and a file added, the
+    unreadable file rewritten and a file added in the unreadable folder. Returns the app,
+    the archive, the state before the restore and the state it must leave."""
+    if os.geteuid() != 0:
+        pytest.skip("reading the unreadable uploads to check them needs root")
+    for rel in KEPT:
+        (app.uploads / rel).chmod(0)
+    proc = app.run("backup", check=False, preexec_fn=permissions_enforced())
+    assert proc.returncode == ExitCode.WARNING, proc.stderr
+    [archive] = app.archives()
+    archived = fingerprint(app)  # as root: the skipped ones' contents too
+    app.add_rows(5, prefix="later")
+    (app.uploads / "new-since.bin").write_bytes(b"not in the archive")
+    (app.uploads / "avatars" / "alice.png").write_bytes(b"alice, edited since the backup")
+    (app.uploads / "docs" / "nested" / "later.txt").write_bytes(b"added since the backup")
+    before = fingerprint(app)
+    uploads = dict(archived["uploads"])  # type: ignore[call-overload]
+    for rel in ("avatars/alice.png", "docs/nested/deep/data.json", "docs/nested/later.txt"):
+        uploads[rel] = before["uploads"][rel]  # type: ignore[index]
+    return app, archive, before, {**archived, "uploads": uploads}
+
+
+def _kept_intact(app: App) -> None:
+    for rel in KEPT:  # kept as they were: unreadable still
+        assert stat.S_IMODE((app.uploads / rel).stat().st_mode) == 0, rel
+    assert (app.uploads / "docs" / "nested" / "later.txt").read_bytes() == b"added since the backup"
+
+
+def test_uploads_the_backup_skipped_are_kept_by_the_restore(
+    incomplete: tuple[App, Path, dict[str, object], dict[str, object]],
+) -> None:
+    """An incomplete archive has no version of the uploads its backup could not read: the
+    restore made the live tree equal the archive's, deleting them (and the safety backup,
+    unable to read them either, would have skipped them too). The live ones are kept, the
+    confirm screen says so rather than listing them as deleted, and everything else is the
+    archive's."""
+    app, archive, _before, expected = incomplete
+    proc = app.run("restore", str(archive), "--yes")
+    assert fingerprint(app) == expected
+    _kept_intact(app)
+    assert "1 deleted" in proc.stdout and "3 skipped at backup, kept" in proc.stdout, proc.stdout
+    assert "alice.png" not in proc.stderr and "data.json" not in proc.stderr
+    assert not leftovers(app)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point",
+    # Items: the database's four files (0-3), the two kept uploads (4, 5), the uploads (6).
+    [*(f"swap-{i}-{what}" for i in (4, 5, 6) for what in ("parked", "placed")), "committed"],
+)
+def test_sigkill_around_keeping_skipped_uploads_leaves_a_or_b(
+    incomplete: tuple[App, Path, dict[str, object], dict[str, object]], point: str
+) -> None:
+    app, archive, before, after = incomplete
+    env = {**os.environ, CRASH_ENV: point}
+    proc = app.run("restore", str(archive), "--yes", check=False, env=env)
+    assert proc.returncode == -9, proc.stderr
+    items = json.loads((app.root / ".aica-restore" / "journal.json").read_text())["items"]
+    kept = [Path(i["new"]).relative_to(app.uploads).as_posix() for i in items[4:6]]
+    assert kept == list(KEPT) and items[6]["live"] == str(app.uploads)  # the points' items
+    assert "interrupted restore" in app.run("list").stderr
+    assert fingerprint(app) == (after if point == "committed" else before), point
+    _kept_intact(app)
+    assert not leftovers(app)

@@ -184,6 +184,29 @@ def _deleted(
     return {**details, "bytes_replaced": sum(g[1] for g in gone)}, _largest(gone)
 
 
+def kept_uploads(staged: Staged) -> list[str]:
+    """The uploads (files or folders, relative to the uploads folder) that the backup could
+    not read and skipped: the archive has no version of them, so the restore keeps the live
+    ones in place of deleting them (as restic does for paths not in its snapshot)."""
+    info = staged.manifest.components.get(Component.UPLOADS)
+    if info is None or not info.present:
+        return []
+    top = info.path + "/"
+    rels = sorted(
+        s["path"][len(top) :] for s in staged.manifest.skipped if s["path"].startswith(top)
+    )
+    out: list[str] = []
+    for rel in rels:  # sorted: a folder comes before what lies under it
+        if not _under(rel, out):
+            out.append(rel)
+    return out
+
+
+def _under(rel: str, tops: list[str]) -> bool:
+    """Whether ``rel`` is one of ``tops`` or lies under one of them."""
+    return any(rel == t or rel.startswith(t + "/") for t in tops)
+
+
 def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[Change]:
     """Per component: what the live state is, what the archive holds, what will happen.
 
@@ -229,10 +252,11 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 elif not _same_content(live / rel, st, member):
                     changed += 1
                     touched.append((f"{layout.relpath(comp)}/{rel}", st.st_size, "replaced"))
+            kept = kept_uploads(staged)
             removed = [
                 (f"{layout.relpath(comp)}/{rel}", st.st_size, "deleted")
                 for rel, st in current_tree.items()
-                if rel not in archived
+                if rel not in archived and not _under(rel, kept)
             ]
             touched += removed
             details = {
@@ -242,6 +266,8 @@ def compare(layout: Layout, staged: Staged, only: frozenset[Component]) -> list[
                 "unchanged": len(archived) - added - changed,
                 "bytes_replaced": sum(t[1] for t in touched),
             }
+            if kept:  # live files the backup could not read: not in the archive, kept
+                details["kept"] = sum(_under(rel, kept) for rel in current_tree)
             changes.append(
                 Change(
                     comp,
@@ -310,9 +336,30 @@ def _items(layout: Layout, staged: Staged, work: Path, only: frozenset[Component
         new = str(staged.root / info.path) if info is not None and info.present else None
         live = layout.path(comp)
         paths = appctl.database_files(live) if comp is Component.DATABASE else [live]
+        if comp is Component.UPLOADS and new is not None:
+            items += _kept_items(layout, staged, work)
         for i, path in enumerate(paths):
             rel = path.relative_to(layout.root)
             items.append(Item(str(path), str(work / "old" / rel), new if i == 0 else None, comp))
+    return items
+
+
+def _kept_items(layout: Layout, staged: Staged, work: Path) -> list[Item]:
+    """One journal item per skipped upload that exists live, swapped just before the uploads
+    item: the live copy moves (a rename: no read permission needed) into the same place in
+    the staged tree, whatever staging holds there (a skipped folder's empty entry) parked
+    aside; the uploads item then swaps that tree in. The archive has no version of these
+    files, so they are kept, as restic keeps paths not in its snapshot. A rollback (or the
+    recovery after a kill -9 before the commit) undoes the uploads item first, then moves
+    each back: the journal's rules as for any item, with the staged path as its "live"."""
+    info = staged.manifest.components[Component.UPLOADS]
+    items: list[Item] = []
+    for rel in kept_uploads(staged):
+        live = layout.uploads_path / rel
+        if not os.path.lexists(live):
+            continue  # gone since the backup: nothing to keep
+        in_staging = staged.root / info.path / rel
+        items.append(Item(str(in_staging), str(work / "kept" / rel), str(live), Component.UPLOADS))
     return items
 
 
@@ -442,7 +489,8 @@ def _transaction(
         apply_metadata(staged, paths, private=[config_info.path] if config_info else [])
         items = _items(layout, staged, work, options.only)
         for item in items:
-            if item.new is not None:
+            # Not a kept upload's item: its "new" is the live file itself, owned as it is.
+            if item.new is not None and Path(item.new).is_relative_to(work):
                 _chown_like(Path(item.new), Path(item.live))
         t0 = time.perf_counter()
         sync_to_disk(work)

@@ -67,6 +67,8 @@ def _what(change: Change) -> str:
     if not d:
         return change.action
     parts = [f"{d['added']:,} added", f"{d['changed']:,} replaced", f"{d['removed']:,} deleted"]
+    if d.get("kept"):  # not in the archive: the backup could not read them
+        parts.append(f"{d['kept']:,} skipped at backup, kept")
     return f"{change.action}: " + ", ".join(parts) + f", {d['unchanged']:,} unchanged"
 
 
