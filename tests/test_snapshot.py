@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aica_backup.snapshot import check_file
+from aica_backup.snapshot import check_file, integrity_of
 
 
 def _database(path: Path, *, broken_index: bool) -> Path:
@@ -48,3 +48,21 @@ def test_damaged_page_is_found_by_every_worker_count(tmp_path: Path) -> None:
     db.write_bytes(bytes(data))
     results = {w: check_file(db, "integrity", w)[0] for w in (1, 2)}
     assert all(r != "ok" for r in results.values()), results
+
+
+def test_a_schema_that_is_not_utf8_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """Found by the archive fuzzer: a database whose sqlite_schema holds a table name that is
+    not UTF-8 made the check raise UnicodeDecodeError (an internal error, exit 2) instead of
+    failing the database (exit 6 for an archive, 5 for a live one)."""
+    db = tmp_path / "bad.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_schema SET name = CAST(X'74CE' AS TEXT) WHERE name = 't'")
+    conn.commit()
+    conn.close()
+    for mode in ("integrity", "quick"):
+        result = integrity_of(db, mode)  # type: ignore[arg-type]
+        assert result != "ok", (mode, result)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from .layout import COMPONENT_ORDER, Component, Layout
 from .leftovers import staging_folder, staging_name
 from .manifest import Member, check_app_name
 from .retention import Policy
-from .snapshot import CheckMode, open_snapshot
+from .snapshot import DB_ERRORS, CheckMode, open_snapshot
 from .staging import Staged, apply_metadata, expected_bytes, stage
 
 # How many of the files a restore replaces or deletes the confirm screen names, largest first.
@@ -598,7 +597,7 @@ def _check_live(layout: Layout, checked: tuple[int, ...] | None) -> None:
     try:
         with open_snapshot(db) as conn:
             conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-    except sqlite3.DatabaseError as exc:
+    except DB_ERRORS as exc:
         raise ArchiveError(f"restored database does not open where it now lives: {exc}") from exc
 
 

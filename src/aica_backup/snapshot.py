@@ -74,6 +74,15 @@ def connect_existing(path: Path, *, readonly: bool = False) -> Iterator[sqlite3.
         conn.close()
 
 
+# What reading a damaged or hostile database raises: SQLite's errors, and Python's failure to
+# decode one whose message quotes text that is not UTF-8 (a table name in a forged schema).
+DB_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 @contextlib.contextmanager
 def open_snapshot(path: Path, cache_kib: int = 0) -> Iterator[sqlite3.Connection]:
     """Open a snapshot file read-only and immutable: no -wal/-shm is created beside it.
@@ -81,6 +90,9 @@ def open_snapshot(path: Path, cache_kib: int = 0) -> Iterator[sqlite3.Connection
     ``cache_kib``: SQLite's page cache for this connection (0: SQLite's default, 2 MB).
     """
     conn = sqlite3.connect(_uri(path, "ro") + "&immutable=1", uri=True)
+    # The file may come from a hostile or damaged archive: text that is not UTF-8 (a table
+    # name in sqlite_schema, a check's message quoting it) must read as damage, not raise.
+    conn.text_factory = _lenient_text
     # A check of a large database runs for seconds in a worker thread: once Ctrl-C or SIGTERM
     # stops the command, SQLite ends it at its next progress call, and nobody waits for it.
     conn.set_progress_handler(interrupt.STOP.is_set, PROGRESS_STEPS)
@@ -127,7 +139,7 @@ def check_database(conn: sqlite3.Connection, mode: CheckMode) -> tuple[str, str,
     start = time.perf_counter()
     try:
         rows = conn.execute(f"PRAGMA {pragma}(20)").fetchall()
-    except sqlite3.DatabaseError as exc:
+    except DB_ERRORS as exc:
         interrupt.check()  # stopped, not failed: no verdict on the database
         return f"error: {exc}", pragma, time.perf_counter() - start
     result = "; ".join(_one_line(r[0]) for r in rows) or "no result"
@@ -160,7 +172,7 @@ def check_file(path: Path, mode: CheckMode, workers: int = 0) -> tuple[str, str,
                     "ORDER BY rootpage"
                 )
             ]
-        except sqlite3.DatabaseError as exc:
+        except DB_ERRORS as exc:
             return f"error: {exc}", "integrity_check", time.perf_counter() - start
     # Largest tables first (rowids are a cheap proxy for size), then the whole-file check.
     tasks = ["PRAGMA quick_check(20)"] + [
@@ -180,7 +192,7 @@ def check_file(path: Path, mode: CheckMode, workers: int = 0) -> tuple[str, str,
                         sql = pending.pop()
                     try:
                         rows = [_one_line(r[0]) for r in conn.execute(sql).fetchall()]
-                    except sqlite3.DatabaseError as exc:
+                    except DB_ERRORS as exc:
                         if interrupt.STOP.is_set():
                             return  # the caller raises; no traceback from this thread
                         rows = [f"error: {exc}"]
@@ -218,7 +230,7 @@ def _by_size(path: Path, tables: list[str]) -> list[str]:
                 sql = f"SELECT max(rowid) FROM {_quote(t)}"  # noqa: S608 - a quoted identifier
                 row = conn.execute(sql).fetchone()
                 sizes[t] = int(row[0] or 0)
-            except sqlite3.DatabaseError:
+            except DB_ERRORS:
                 sizes[t] = 0  # WITHOUT ROWID, or damaged: its own check will tell
     return sorted(tables, key=lambda t: -sizes[t])
 
@@ -230,7 +242,7 @@ def inspect_snapshot(path: Path, journal_mode: str, mode: CheckMode) -> Database
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
             user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
+        except DB_ERRORS as exc:
             interrupt.check()
             raise DatabaseError(f"snapshot is not a readable database: {exc}") from exc
     result, check, seconds = check_file(path, mode)
@@ -250,6 +262,6 @@ def integrity_of(path: Path, mode: CheckMode = "integrity") -> str:
     """Integrity result of a database file at rest (staged restore, live result, verify)."""
     try:
         return check_file(path, mode)[0]
-    except sqlite3.DatabaseError as exc:
+    except DB_ERRORS as exc:
         interrupt.check()
         return f"error: {exc}"
